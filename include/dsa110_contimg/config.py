@@ -1,0 +1,162 @@
+"""One typed, validated configuration object.
+
+Defaults run the demo. Overrides, in increasing precedence: a YAML file named
+by ``CONTIMG_CONFIG``, then environment variables ``CONTIMG_<FIELD>`` (upper
+case), then per-run values (DAG Params) applied with :meth:`PipelineConfig.with_overrides`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Paths, observing setup and stage parameters of one deployment."""
+
+    data_dir: Path = Path(".demo/data")
+    incoming_dir: Path | None = None
+    staging_dir: Path | None = None
+    products_dir: Path | None = None
+    reference_catalog: Path | None = None
+    registry_url: str | None = None  # CLI only; tasks use the contimg_db connection
+    pointing_dec_deg: float = 55.6
+    bandpass_calibrator: str = "0834+555"
+    group_tolerance_s: float = 60.0
+    group_timeout_s: float = 600.0
+    min_subbands: int = 12
+    mosaic_window_minutes: int = 60
+    calibration_validity_hours: float = 24.0
+    imaging_backend: str = "auto"
+    imaging_niter: int = 1000
+    imaging_robust: float = 0.0
+    imaging_fov_deg: float = 3.5
+    crossmatch_radius_arcsec: float = 60.0
+    detection_snr: float = 5.0
+    schedule_start: str | None = None  # ISO; first data interval the DAGs schedule
+    schedule_end: str | None = None  # ISO; none = open ended
+    catchup: bool = False
+    qa_max_rms_jy: float = 0.05
+
+    def __post_init__(self) -> None:
+        data = Path(self.data_dir)
+        object.__setattr__(self, "data_dir", data)
+        defaults = {
+            "incoming_dir": data / "incoming",
+            "staging_dir": data / "staging",
+            "products_dir": data / "products",
+            "reference_catalog": data / "reference_catalog.tsv",
+        }
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value is not None else default)
+        self.validate()
+
+    def validate(self) -> None:
+        if not -90.0 <= self.pointing_dec_deg <= 90.0:
+            raise ValueError(f"pointing_dec_deg {self.pointing_dec_deg} outside [-90, 90]")
+        if not 1 <= self.min_subbands <= 16:
+            raise ValueError(f"min_subbands {self.min_subbands} outside [1, 16]")
+        if self.imaging_backend not in ("auto", "tclean", "wsclean"):
+            raise ValueError(f"imaging_backend {self.imaging_backend!r} not one of auto, tclean, wsclean")
+        if self.mosaic_window_minutes <= 0:
+            raise ValueError("mosaic_window_minutes must be positive")
+        _parse_dt(self.schedule_start)
+        _parse_dt(self.schedule_end)
+
+    # -- derived paths ------------------------------------------------------
+    @property
+    def ms_dir(self) -> Path:
+        return self.staging_dir / "ms"
+
+    @property
+    def caltables_dir(self) -> Path:
+        return self.staging_dir / "caltables"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.staging_dir / "images"
+
+    @property
+    def mosaics_dir(self) -> Path:
+        return self.staging_dir / "mosaics"
+
+    @property
+    def start(self) -> datetime | None:
+        return _parse_dt(self.schedule_start)
+
+    @property
+    def end(self) -> datetime | None:
+        return _parse_dt(self.schedule_end)
+
+    def default_registry_url(self) -> str:
+        return self.registry_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: dict[str, str] | None = None) -> "PipelineConfig":
+        """Defaults, then YAML (``path`` or $CONTIMG_CONFIG), then CONTIMG_* env."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        path = path or env.get("CONTIMG_CONFIG")
+        if path:
+            values.update(_read_yaml(Path(path)))
+        for f in fields(cls):
+            key = f"CONTIMG_{f.name.upper()}"
+            if key in env:
+                values[f.name] = env[key]
+        return cls(**_coerce(values))
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> "PipelineConfig":
+        """A copy with per-run overrides (e.g. DAG Params); unknown keys are ignored."""
+        known = {f.name for f in fields(self)}
+        picked = {k: v for k, v in (overrides or {}).items() if k in known and v is not None}
+        return dataclasses.replace(self, **_coerce(picked))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: configuration file not found") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: configuration must be a mapping")
+    unknown = set(data) - {f.name for f in fields(PipelineConfig)}
+    if unknown:
+        raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}")
+    return data
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    """Convert strings (from env/YAML) to each field's type."""
+    types = {f.name: f.type for f in fields(PipelineConfig)}
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        t = str(types[k])
+        if v is None or not isinstance(v, str):
+            out[k] = v
+        elif t.startswith("bool"):
+            out[k] = v.strip().lower() in ("1", "true", "yes", "on")
+        elif t.startswith("int"):
+            out[k] = int(v)
+        elif t.startswith("float"):
+            out[k] = float(v)
+        else:
+            out[k] = v
+    return out

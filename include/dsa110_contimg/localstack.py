@@ -1,0 +1,126 @@
+"""Run this project's Airflow deployment as local processes (embedded default).
+
+Used by ``make demo`` and the integration tests: SQLite metadata database,
+LocalExecutor, and the four components (scheduler, dag-processor, triggerer,
+api-server) started as child processes with one shared environment. This
+module only starts programs; it imports nothing from Airflow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(preferred: int = 8080) -> int:
+    """``preferred`` if nothing listens there, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    raise RuntimeError("no free TCP port")
+
+
+@dataclass
+class LocalAirflow:
+    home: Path
+    data_dir: Path
+    port: int = 8080
+    contimg_env: dict[str, str] = field(default_factory=dict)
+    project_root: Path = PROJECT_ROOT
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def registry_db(self) -> Path:
+        return self.home / "contimg_registry.db"
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        home = self.home.resolve()
+        env = dict(os.environ)
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        env.update({
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.project_root / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.project_root / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "contimg-local-jwt-secret-not-for-production",
+            "AIRFLOW__API__SECRET_KEY": "contimg-local-secret-key",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1200",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW_CONN_CONTIMG_DB": json.dumps({"conn_type": "sqlite", "host": str(self.registry_db)}),
+            "CONTIMG_DATA_DIR": str(self.data_dir.resolve()),
+            "CONTIMG_CASA_CONFIG_DIR": str(home / "casa"),
+            "PYTHONPATH": os.pathsep.join([str(self.project_root / "include"), str(self.project_root / "plugins"),
+                                           env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        })
+        env.update(self.contimg_env)
+        return env
+
+    def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env(), check=check,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def prepare(self) -> None:
+        """Create AIRFLOW_HOME, the UI password file and the metadata database."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        (self.home / "passwords.json").write_text(json.dumps({"admin": "admin"}))
+        self.airflow("db", "migrate", timeout=600)
+
+    def start(self) -> None:
+        """Start the four components; their output goes to AIRFLOW_HOME/<name>.out."""
+        env = self.env()
+        for name in COMPONENTS:
+            if name in self.procs and self.procs[name].poll() is None:
+                continue
+            out = open(self.home / f"{name}.out", "ab")
+            args = [sys.executable, "-m", "airflow", name]
+            if name == "api-server":
+                args += ["--port", str(self.port)]
+            self.procs[name] = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True, cwd=self.home)
+
+    def check_alive(self) -> None:
+        dead = [n for n, p in self.procs.items() if p.poll() is not None]
+        if dead:
+            tails = {n: (self.home / f"{n}.out").read_text(errors="replace")[-2000:] for n in dead}
+            raise RuntimeError(f"Airflow component(s) exited: {dead}\n{tails}")
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        self.procs.clear()

@@ -1,0 +1,332 @@
+"""The per-stage steps as the DAGs and the CLI run them.
+
+Each step binds a science function (convert, calibrate, image, mosaic,
+cross-match, publish) to the configuration and the registry: it looks up its
+inputs, calls the stage, records the outcome in one transaction and returns a
+small JSON-serialisable dict (what travels through XCom). Failures are
+recorded on the group with the reason before they propagate, so the operator
+sees the same message in the registry and in the task log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import PipelineConfig
+from .errors import ContimgError, NoCalibrationError
+from .registry import Registry, datetime_from_mjd, mjd_from_datetime
+
+log = logging.getLogger(__name__)
+
+GROUP_SPAN_S = 24 * 12.884902  # one file's duration; groups tile time
+
+
+def jsonable(obj: Any) -> Any:
+    """Dataclasses/Paths/tuples -> plain JSON types (for XCom and the CLI)."""
+    if is_dataclass(obj):
+        obj = asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def open_registry(url: str) -> Registry:
+    reg = Registry(url)
+    reg.migrate()
+    return reg
+
+
+# -- ingest -------------------------------------------------------------------
+def new_ready_groups(cfg: PipelineConfig, known: set[str], now: datetime | None = None) -> list[dict]:
+    """Complete (or timed-out semi-complete) groups in incoming not yet known."""
+    from .ingest import find_groups
+
+    groups = find_groups(cfg.incoming_dir, now=now, tolerance_s=cfg.group_tolerance_s,
+                         timeout_s=cfg.group_timeout_s, min_subbands=cfg.min_subbands)
+    ready = [g for g in groups if g.status in ("complete", "semi-complete") and g.group_id not in known]
+    return [{"group_id": g.group_id, "files": list(g.files), "status": g.status,
+             "start_mjd": mjd_from_datetime(g.start)} for g in ready]
+
+
+def record_groups(reg: Registry, groups: list[dict]) -> list[str]:
+    """Record newly found groups; return the ids (new or already known) to run."""
+    for g in groups:
+        if reg.record_group(g["group_id"], g["start_mjd"], g["files"]):
+            log.info("ingest: group %s recorded with %d subbands (%s)", g["group_id"], len(g["files"]), g["status"])
+    return [g["group_id"] for g in groups]
+
+
+# -- convert --------------------------------------------------------------------
+def convert_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
+    from .convert import convert_group
+
+    row = reg.get_group(group_id)
+    if row is None:
+        raise ContimgError(cfg.incoming_dir, f"group {group_id} is not registered; was it ingested?")
+    files = [Path(f) for f in json.loads(row["files"])]
+    with _failure_recorded(reg, group_id, "convert"):
+        res = convert_group(files, cfg.ms_dir, group_id=group_id, min_subbands=cfg.min_subbands)
+    reg.update_group(group_id, status="converted", ms_path=str(res.ms_path), mid_mjd=res.mid_mjd,
+                     pointing_dec_deg=res.pointing_dec_deg, message=None)
+    log.info("convert: %s -> %s (%d rows, %d channels, %d antennas, %.1f s)", group_id, res.ms_path,
+             res.n_rows, res.n_channels, res.n_antennas, res.seconds)
+    return jsonable(res)
+
+
+# -- calibration ----------------------------------------------------------------
+def calibration_available(reg: Registry, group_id: str) -> bool:
+    row = reg.get_group(group_id)
+    return bool(row and row["mid_mjd"] is not None and reg.apply_list(row["mid_mjd"]))
+
+
+def apply_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
+    from .calibration import apply_calibration, tables_for
+
+    row = _converted(reg, group_id)
+    with _failure_recorded(reg, group_id, "apply calibration"):
+        tables = tables_for(reg, row["mid_mjd"])
+        res = apply_calibration(Path(row["ms_path"]), tables)
+    reg.update_group(group_id, status="calibrated")
+    log.info("apply: %s with %s", group_id, [t[0] for t in tables])
+    return jsonable(res)
+
+
+def calibrator_group(cfg: PipelineConfig, reg: Registry, transit: datetime) -> dict | None:
+    """The converted group whose time span contains ``transit``, if any."""
+    t = mjd_from_datetime(transit)
+    for row in reg.groups_between(t - 2 * GROUP_SPAN_S / 86400, t + 1e-9):
+        if row["start_mjd"] <= t < row["start_mjd"] + GROUP_SPAN_S / 86400 and row["ms_path"]:
+            return row
+    return None
+
+
+def solve_step(cfg: PipelineConfig, reg: Registry, transit: datetime, params: dict | None = None) -> dict:
+    from .calibration import CalSolveParams, register_solution, solve_calibration
+    from .calibrators import get_calibrator
+
+    row = calibrator_group(cfg, reg, transit)
+    if row is None:
+        raise ContimgError(cfg.incoming_dir, f"no converted group contains the transit at {transit.isoformat()}")
+    cal = get_calibrator(cfg.bandpass_calibrator)
+    name = f"{cfg.bandpass_calibrator}_{row['group_id']}".replace(":", "")
+    out_dir = cfg.caltables_dir / name
+    res = solve_calibration(Path(row["ms_path"]), cal, out_dir,
+                            CalSolveParams.from_dict({"validity_hours": cfg.calibration_validity_hours, **(params or {})}))
+    half = cfg.calibration_validity_hours / 48.0
+    t = mjd_from_datetime(transit)
+    register_solution(reg, res, t - half, t + half, name)
+    log.info("calibration: set %s registered, valid MJD %.4f-%.4f", name, t - half, t + half)
+    return {"set_name": name, **jsonable(res)}
+
+
+# -- image / QA / register -----------------------------------------------------
+def image_step(cfg: PipelineConfig, reg: Registry, group_id: str, overrides: dict | None = None) -> dict:
+    from .imaging import ImagingParams, image_ms
+
+    row = _converted(reg, group_id)
+    params = ImagingParams.from_dict({"backend": cfg.imaging_backend, "niter": cfg.imaging_niter,
+                                      "robust": cfg.imaging_robust, "fov_deg": cfg.imaging_fov_deg,
+                                      **(overrides or {})})
+    with _failure_recorded(reg, group_id, "image"):
+        res = image_ms(Path(row["ms_path"]), cfg.images_dir / _safe(group_id), params, name=_safe(group_id))
+    log.info("image: %s rms %.4g Jy peak %.4g Jy", group_id, res.rms_jy, res.peak_jy)
+    return jsonable(res)
+
+
+def qa_image(cfg: PipelineConfig, image: dict) -> dict:
+    """Decide an image's QA status from its numbers; returns the reasons too."""
+    reasons = []
+    rms, peak = image.get("rms_jy"), image.get("peak_jy")
+    if rms is None or not rms == rms or rms <= 0:
+        reasons.append("rms is not a positive number")
+    elif rms > cfg.qa_max_rms_jy:
+        reasons.append(f"rms {rms:.4g} Jy above {cfg.qa_max_rms_jy} Jy")
+    if peak is None or not peak == peak:
+        reasons.append("peak is not finite")
+    status = "good" if not reasons else "bad"
+    dr = (peak / rms) if rms and peak and rms > 0 else None
+    return {"qa_status": status, "reasons": reasons, "dynamic_range": dr}
+
+
+def register_image(cfg: PipelineConfig, reg: Registry, group_id: str, image: dict, qa: dict) -> dict:
+    pid = reg.register_product("image", _safe(group_id), image["pbcor_fits"], group_id=group_id,
+                               qa_status=qa["qa_status"], mid_mjd=image.get("mid_mjd"),
+                               metrics={**image, **qa})
+    reg.update_group(group_id, status="imaged" if qa["qa_status"] == "good" else "failed",
+                     message=None if qa["qa_status"] == "good" else "; ".join(qa["reasons"]))
+    return {"product_id": pid, "qa_status": qa["qa_status"]}
+
+
+# -- mosaic windows ---------------------------------------------------------------
+def window_name(start: datetime) -> str:
+    return start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H%M")
+
+
+def window_state(cfg: PipelineConfig, reg: Registry, start: datetime, end: datetime) -> dict:
+    """Which groups belong to a window and whether all have finished.
+
+    Expected groups are those in the registry plus the ready groups still in
+    the incoming directory (so a window never closes before ingest saw them)."""
+    s, e = mjd_from_datetime(start), mjd_from_datetime(end)
+    rows = {r["group_id"]: r for r in reg.groups_between(s, e)}
+    pending = [g["group_id"] for g in new_ready_groups(cfg, set(rows), now=None)
+               if s <= g["start_mjd"] < e]
+    unfinished = [gid for gid, r in rows.items() if r["status"] not in ("imaged", "failed")] + pending
+    images = [p for p in reg.products(kind="image") if p["group_id"] in rows and p["qa_status"] == "good"]
+    return {"groups": sorted(rows) + pending, "unfinished": sorted(unfinished),
+            "images": [{"id": p["id"], "pbcor": p["path"], "pb": p["metrics"].get("pb_fits"),
+                        "rms": p["metrics"].get("rms_jy")} for p in images]}
+
+
+def mosaic_step(cfg: PipelineConfig, reg: Registry, start: datetime, end: datetime) -> dict:
+    from .mosaic import mosaic_images
+
+    state = window_state(cfg, reg, start, end)
+    imgs = state["images"]
+    if not imgs:
+        raise ContimgError(cfg.images_dir, f"window {window_name(start)} has no good images to mosaic")
+    name = window_name(start)
+    res = mosaic_images([Path(i["pbcor"]) for i in imgs], [Path(i["pb"]) for i in imgs],
+                        [float(i["rms"]) for i in imgs], cfg.mosaics_dir / f"{name}.mosaic.fits")
+    pid = reg.register_product("mosaic", name, str(res.mosaic_fits), window=name,
+                               mid_mjd=(mjd_from_datetime(start) + mjd_from_datetime(end)) / 2,
+                               qa_status="good", metrics=jsonable(res))
+    log.info("mosaic: %s from %d images, rms %.4g Jy", name, len(imgs), res.rms_jy)
+    return {"product_id": pid, "window": name, **jsonable(res)}
+
+
+def crossmatch_step(cfg: PipelineConfig, reg: Registry, mosaic: dict) -> dict:
+    from .catalog import read_catalog
+    from .crossmatch import crossmatch, find_sources
+
+    fits = Path(mosaic["mosaic_fits"])
+    found = find_sources(fits, snr=cfg.detection_snr)
+    ref = read_catalog(cfg.reference_catalog)
+    out_csv = fits.with_name(fits.name.replace(".mosaic.fits", ".sources.csv"))
+    res = crossmatch(found, ref, radius_arcsec=cfg.crossmatch_radius_arcsec,
+                     image_freq_hz=_fits_freq(fits), out_csv=out_csv)
+    rows = [{"ra_deg": m.ra_deg, "dec_deg": m.dec_deg, "flux_jy": m.flux_jy, "flux_err_jy": m.flux_err_jy,
+             "ref_name": m.ref_name, "ref_flux_jy": m.ref_flux_jy, "offset_arcsec": m.offset_arcsec}
+            for m in res.rows]
+    reg.record_sources(mosaic["product_id"], rows)
+    cid = reg.register_product("catalog", mosaic["window"], str(out_csv), window=mosaic["window"],
+                               qa_status="good", metrics=_summary_of(res))
+    log.info("crossmatch: %d detected, %d matched, median flux ratio %.3f, median offset %.1f arcsec",
+             res.n_detected, res.n_matched, res.median_flux_ratio, res.median_offset_arcsec)
+    return {"catalog_product_id": cid, "catalog_csv": str(out_csv), **_summary_of(res)}
+
+
+def publish_step(cfg: PipelineConfig, reg: Registry, mosaic: dict, match: dict) -> dict:
+    """QA-gated move of a window's products from staging to products."""
+    from .publish import publish_products
+
+    problems = []
+    if match["n_matched"] == 0:
+        problems.append("no source matched the reference catalogue")
+    elif not 0.5 <= (match["median_flux_ratio"] or 0) <= 2.0:
+        problems.append(f"median flux ratio {match['median_flux_ratio']:.3f} outside [0.5, 2]")
+    if problems:
+        raise ContimgError(mosaic["mosaic_fits"], "QA gate refused publication: " + "; ".join(problems))
+    staged = [Path(mosaic["mosaic_fits"]), Path(match["catalog_csv"])]
+    staged += [Path(p) for p in (mosaic.get("weight_fits"), mosaic.get("preview_png")) if p and Path(p).exists()]
+    dest = cfg.products_dir / mosaic["window"]
+    published = publish_products(staged, dest)
+    reg.mark_published(mosaic["product_id"], str(published[0]))
+    reg.mark_published(match["catalog_product_id"], str(published[1]))
+    log.info("publish: %d files to %s", len(published), dest)
+    return {"published": [str(p) for p in published]}
+
+
+# -- summary --------------------------------------------------------------------
+def summary(reg: Registry) -> dict:
+    groups = reg.known_groups()
+    rows = [reg.get_group(g) for g in sorted(groups)]
+    mosaics = reg.products(kind="mosaic", status="published")
+    srcs = [s for m in mosaics for s in reg.sources(m["id"]) if s["ref_name"]]
+    ratios = sorted(s["flux_jy"] / s["ref_flux_jy"] for s in srcs if s["ref_flux_jy"])
+    offs = sorted(s["offset_arcsec"] for s in srcs if s["offset_arcsec"] is not None)
+    return {
+        "groups_seen": len(groups),
+        "groups_processed": sum(1 for r in rows if r and r["status"] == "imaged"),
+        "groups_failed": sum(1 for r in rows if r and r["status"] == "failed"),
+        "caltables": len(reg.caltables()),
+        "images": len(reg.products(kind="image")),
+        "mosaics": len(reg.products(kind="mosaic")),
+        "mosaics_published": len(mosaics),
+        "sources_matched": len(srcs),
+        "median_flux_ratio": _median(ratios),
+        "median_offset_arcsec": _median(offs),
+    }
+
+
+# -- helpers --------------------------------------------------------------------
+class _failure_recorded:
+    """Context manager: record a stage failure on the group, then re-raise."""
+
+    def __init__(self, reg: Registry, group_id: str, stage: str):
+        self.reg, self.group_id, self.stage = reg, group_id, stage
+
+    def __enter__(self):
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None:
+            try:
+                self.reg.update_group(self.group_id, status="failed", message=f"{self.stage}: {exc}")
+            except Exception:  # the original error matters more
+                log.exception("could not record the failure of %s", self.group_id)
+        return False
+
+
+def _converted(reg: Registry, group_id: str) -> dict:
+    row = reg.get_group(group_id)
+    if not row or not row["ms_path"]:
+        raise ContimgError(None, f"group {group_id} has no MeasurementSet yet; convert it first")
+    return row
+
+
+def _safe(group_id: str) -> str:
+    return group_id.replace(":", "")
+
+
+def _median(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def _fits_freq(path: Path) -> float:
+    from astropy.io import fits
+
+    h = fits.getheader(path)
+    for i in range(1, h.get("NAXIS", 0) + 1):
+        if str(h.get(f"CTYPE{i}", "")).startswith("FREQ"):
+            return float(h[f"CRVAL{i}"])
+    return float(h.get("RESTFRQ", h.get("FREQ", 1.405e9)))
+
+
+def _summary_of(res) -> dict:
+    return {"n_detected": res.n_detected, "n_matched": res.n_matched,
+            "median_flux_ratio": res.median_flux_ratio, "median_offset_arcsec": res.median_offset_arcsec}
+
+
+def transit_window(transit: datetime) -> tuple[datetime, datetime]:
+    return transit - timedelta(seconds=GROUP_SPAN_S), transit + timedelta(seconds=GROUP_SPAN_S)
+
+
+__all__ = ["NoCalibrationError", "datetime_from_mjd"]

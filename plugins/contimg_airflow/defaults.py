@@ -1,0 +1,41 @@
+"""Defaults shared by the DAG files: retries, schedule bounds, run Params."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Param
+
+from dsa110_contimg.config import PipelineConfig
+
+PROJECT_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+PIPELINE_DEFAULTS = {
+    "owner": "contimg",
+    "retries": 1,
+    "retry_delay": timedelta(seconds=20),
+}
+
+
+def config() -> PipelineConfig:
+    """The deployment configuration (env/YAML); cheap, no I/O beyond the YAML."""
+    return PipelineConfig.load()
+
+
+def schedule_bounds(cfg: PipelineConfig) -> dict:
+    """start_date/end_date/catchup for time-scheduled DAGs, from the config."""
+    out = {"start_date": cfg.start or PROJECT_EPOCH, "catchup": cfg.catchup}
+    if cfg.end:
+        out["end_date"] = cfg.end
+    return out
+
+
+def imaging_params(cfg: PipelineConfig) -> dict[str, Param]:
+    """Imaging choices offered in the trigger form, validated by JSON schema."""
+    return {
+        "imaging_backend": Param(cfg.imaging_backend, type="string", enum=["auto", "tclean", "wsclean"],
+                                 description="imager: auto = WSClean when installed, else CASA tclean"),
+        "imaging_niter": Param(cfg.imaging_niter, type="integer", minimum=0, maximum=100000,
+                               description="maximum clean iterations"),
+        "imaging_robust": Param(cfg.imaging_robust, type="number", minimum=-2, maximum=2,
+                                description="Briggs robust weighting"),
+    }

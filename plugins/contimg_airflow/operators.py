@@ -1,0 +1,218 @@
+"""Operators: unpack inputs, call one pipeline step, return its result.
+
+All science lives in ``dsa110_contimg``; these only bind it to Airflow's
+context (run Params, the data interval, the ``contimg_db`` connection)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
+
+from contimg_airflow.registry_conn import get_config, get_registry
+
+
+class _StageOperator(BaseOperator):
+    """Common plumbing: config with the run's Params, the registry."""
+
+    template_fields: Sequence[str] = ("group_id",)
+    ui_color = "#d8e8f8"
+
+    def __init__(self, *, group_id: str = "{{ dag_run.conf.get('group_id', '') }}", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.group_id = group_id
+
+    def setup(self, context):
+        if not self.group_id:
+            raise ValueError("this run has no group_id in its conf; trigger it with {\"group_id\": ...}")
+        return get_config(context["params"]), get_registry()
+
+
+class ConvertOperator(_StageOperator):
+    """convert: the group's UVH5 subbands -> one MeasurementSet."""
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import convert_step
+
+        cfg, reg = self.setup(context)
+        return convert_step(cfg, reg, self.group_id)
+
+
+class CalibrationAvailableSensor(BaseSensorOperator):
+    """Waits (rescheduled, no slot held) until a calibration covers the group."""
+
+    template_fields: Sequence[str] = ("group_id",)
+
+    def __init__(self, *, group_id: str = "{{ dag_run.conf.get('group_id', '') }}", **kwargs: Any):
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
+        self.group_id = group_id
+
+    def poke(self, context) -> bool:
+        from dsa110_contimg.pipeline import calibration_available
+
+        ok = calibration_available(get_registry(), self.group_id)
+        if not ok:
+            self.log.info("no valid calibration yet for group %s", self.group_id)
+        return ok
+
+
+class ApplyCalibrationOperator(_StageOperator):
+    """calibration apply: the tables valid at the group's mid-time."""
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import apply_step
+
+        cfg, reg = self.setup(context)
+        return apply_step(cfg, reg, self.group_id)
+
+
+class ImageOperator(_StageOperator):
+    """image: one primary-beam-corrected image per MeasurementSet."""
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import image_step
+
+        cfg, reg = self.setup(context)  # the run's imaging_* Params are in cfg
+        return image_step(cfg, reg, self.group_id)
+
+
+class ImageQAOperator(_StageOperator):
+    """QA: decide the image's status from its numbers."""
+
+    template_fields: Sequence[str] = ("group_id", "image")
+
+    def __init__(self, *, image: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.image = image
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import qa_image
+
+        cfg = get_config(context["params"])
+        qa = qa_image(cfg, self.image)
+        self.log.info("QA of %s: %s %s", self.group_id, qa["qa_status"], qa["reasons"])
+        return qa
+
+
+class RegisterImageOperator(_StageOperator):
+    """register: record the image and its QA in the products registry."""
+
+    template_fields: Sequence[str] = ("group_id", "image", "qa")
+
+    def __init__(self, *, image: Any, qa: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.image, self.qa = image, qa
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import register_image
+
+        cfg, reg = self.setup(context)
+        return register_image(cfg, reg, self.group_id, self.image, self.qa)
+
+
+class CalibratorGroupSensor(BaseSensorOperator):
+    """Waits until the group containing the calibrator transit is converted."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
+
+    def poke(self, context) -> PokeReturnValue:
+        from dsa110_contimg.pipeline import calibrator_group
+
+        transit: datetime = context["logical_date"]
+        row = calibrator_group(get_config(context["params"]), get_registry(), transit)
+        if row is None:
+            self.log.info("waiting for the converted group containing the transit at %s", transit)
+        return PokeReturnValue(is_done=row is not None, xcom_value=row and row["group_id"])
+
+
+class SolveCalibrationOperator(BaseOperator):
+    """calibration solve: bandpass and gains on the calibrator's group."""
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import solve_step
+
+        return solve_step(get_config(context["params"]), get_registry(), context["logical_date"])
+
+
+class WindowImagesSensor(BaseSensorOperator):
+    """Waits until every group observed in the data interval is imaged or failed.
+
+    Skips the run when the window holds no groups at all."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
+
+    def poke(self, context) -> PokeReturnValue:
+        from airflow.exceptions import AirflowSkipException
+
+        from dsa110_contimg.pipeline import window_state
+
+        state = window_state(get_config(context["params"]), get_registry(),
+                             context["data_interval_start"], context["data_interval_end"])
+        if not state["groups"]:
+            raise AirflowSkipException("no groups were observed in this window")
+        if state["unfinished"]:
+            self.log.info("waiting for %d of %d groups: %s", len(state["unfinished"]), len(state["groups"]),
+                          state["unfinished"])
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=len(state["images"]))
+
+
+class MosaicOperator(BaseOperator):
+    """mosaic: primary-beam-weighted combination of the window's images."""
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import mosaic_step
+
+        return mosaic_step(get_config(context["params"]), get_registry(),
+                           context["data_interval_start"], context["data_interval_end"])
+
+
+class CrossmatchOperator(BaseOperator):
+    """cross-match: find sources in the mosaic, match the reference catalogue."""
+
+    template_fields: Sequence[str] = ("mosaic",)
+
+    def __init__(self, *, mosaic: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mosaic = mosaic
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import crossmatch_step
+
+        return crossmatch_step(get_config(context["params"]), get_registry(), self.mosaic)
+
+
+class PublishOperator(BaseOperator):
+    """publish: QA-gated move of the window's products to the products area."""
+
+    template_fields: Sequence[str] = ("mosaic", "match")
+
+    def __init__(self, *, mosaic: Any, match: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mosaic, self.match = mosaic, match
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.pipeline import publish_step
+
+        return publish_step(get_config(context["params"]), get_registry(), self.mosaic, self.match)
+
+
+class RecordGroupsOperator(BaseOperator):
+    """ingest: record the sensor's new groups and return one trigger conf each."""
+
+    template_fields: Sequence[str] = ("groups",)
+
+    def __init__(self, *, groups: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.groups = groups
+
+    def execute(self, context) -> list[dict]:
+        from dsa110_contimg.pipeline import record_groups
+
+        ids = record_groups(get_registry(), list(self.groups or []))
+        return [{"trigger_run_id": f"group__{gid.replace(':', '')}", "conf": {"group_id": gid}} for gid in ids]
