@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import EventsTimetable, dag
+from airflow.sdk import dag
+
+# The SDK's EventsTimetable fails to serialize in Airflow 3.3.2 (its encoder
+# omits "_summary", which the scheduler's decoder requires); the core class
+# serializes itself completely.
+from airflow.timetables.events import EventsTimetable
 
 from contimg_airflow.defaults import PIPELINE_DEFAULTS, config, schedule_bounds
 from contimg_airflow.operators import CalibratorGroupSensor, SolveCalibrationOperator
@@ -18,7 +23,7 @@ CFG = config()
 BOUNDS = schedule_bounds(CFG)
 _CAL = get_calibrator(CFG.bandpass_calibrator)
 _HORIZON = CFG.end or (datetime.now(timezone.utc) + timedelta(days=30))
-TRANSITS = transits_in(_CAL.ra_deg, BOUNDS["start_date"], _HORIZON)
+TRANSITS = transits_in(_CAL.ra_deg, BOUNDS["start_date"], _HORIZON, dec_deg=_CAL.dec_deg)
 
 
 @dag(

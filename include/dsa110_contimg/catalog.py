@@ -165,10 +165,10 @@ def _read_nvss(path: Path, lines: list[str], header_idx: int) -> list[CatalogSou
         fields = line.rstrip("\n").split("\t")
         if set(fields[0].strip()) <= {"-", ""} and len(fields) > 1 and set(fields[1].strip()) <= {"-"}:
             continue  # VizieR dashes line
-        if fields[col["RAJ2000"]].strip() in ("h:m:s", '"h:m:s"') or fields[col["S1.4"]].strip() == "mJy":
-            continue  # VizieR units line
         if len(fields) < len(header):
             raise CatalogError(path, f"line {lineno}: {len(fields)} fields, header has {len(header)}")
+        if fields[col["RAJ2000"]].strip() in ("h:m:s", '"h:m:s"') or fields[col["S1.4"]].strip() == "mJy":
+            continue  # VizieR units line
         try:
             ra = parse_ra(fields[col["RAJ2000"]])
             dec = parse_dec(fields[col["DEJ2000"]])

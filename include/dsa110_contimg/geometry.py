@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import ICRS, ITRS, CartesianRepresentation, EarthLocation, SkyCoord
+from astropy.coordinates import ICRS, ITRS, EarthLocation, SkyCoord, UnitSphericalRepresentation
 from astropy.time import Time
 from astropy.utils import iers
 
@@ -25,6 +25,7 @@ from .instrument import SITE_HEIGHT_M, SITE_LAT_DEG, SITE_LON_DEG, SPEED_OF_LIGH
 # Nothing may download at run time: use the IERS tables astropy-iers-data ships.
 iers.conf.auto_download = False
 iers.conf.iers_degraded_accuracy = "warn"
+iers.conf.auto_max_age = None
 PHASE_SIGN = -1.0
 
 
@@ -54,21 +55,24 @@ def meridian_direction(dec_app_rad: float, lon_deg: float = SITE_LON_DEG) -> np.
 
 
 def icrs_to_itrs(ra_rad, dec_rad, times: Time) -> np.ndarray:
-    """ITRS unit vectors, shape (Ntimes, Nsrc, 3), of ICRS directions."""
+    """ITRS unit vectors, shape (Ntimes, Nsrc, 3), of ICRS directions.
+
+    Directions carry no distance, so astropy treats them as infinitely far
+    (no parallax) and applies precession, nutation and aberration."""
     ra = np.atleast_1d(np.asarray(ra_rad, dtype=float))
     dec = np.atleast_1d(np.asarray(dec_rad, dtype=float))
-    t = Time(np.atleast_1d(times.jd), format="jd", scale="utc")
+    t = Time(np.atleast_1d(times.jd), format="jd", scale="utc").reshape(-1, 1)
     sc = SkyCoord(ra=ra[None, :] * u.rad, dec=dec[None, :] * u.rad, frame=ICRS())
-    tt = t[:, None] * np.ones((1, ra.size))
-    itrs = sc.transform_to(ITRS(obstime=tt))
-    xyz = itrs.cartesian.xyz.value  # (3, Nt, Ns)
-    xyz = np.moveaxis(xyz, 0, -1)
+    itrs = sc.transform_to(ITRS(obstime=t))
+    xyz = np.moveaxis(itrs.cartesian.xyz.value, 0, -1)  # (Nt, Ns, 3)
+    xyz = np.broadcast_to(xyz, (t.shape[0], ra.size, 3))
     return xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
 
 
 def itrs_to_icrs(vec: np.ndarray, time: Time) -> tuple[float, float]:
-    """ICRS (ra, dec) in radians of one ITRS unit vector at ``time``."""
-    rep = CartesianRepresentation(vec[0] * 1e12, vec[1] * 1e12, vec[2] * 1e12, unit=u.m)
+    """ICRS (ra, dec) in radians of one ITRS unit vector (a direction) at ``time``."""
+    x, y, z = (float(c) for c in vec)
+    rep = UnitSphericalRepresentation(lon=np.arctan2(y, x) * u.rad, lat=np.arcsin(z / np.sqrt(x * x + y * y + z * z)) * u.rad)
     sc = SkyCoord(ITRS(rep, obstime=time)).transform_to(ICRS())
     return float(sc.ra.rad), float(sc.dec.rad)
 

@@ -71,8 +71,9 @@ def test_bandpass_dag_runs_at_calibrator_transits(dagbag):
     events = dag.timetable.event_dates
     assert len(events) == 1  # one transit in the configured day
     from datetime import datetime, timezone
-    expected = transits_in(get_calibrator("0834+555").ra_deg, datetime(2026, 1, 15, 12, tzinfo=timezone.utc),
-                           datetime(2026, 1, 16, 12, tzinfo=timezone.utc))
+    cal = get_calibrator("0834+555")
+    expected = transits_in(cal.ra_deg, datetime(2026, 1, 15, 12, tzinfo=timezone.utc),
+                           datetime(2026, 1, 16, 12, tzinfo=timezone.utc), dec_deg=cal.dec_deg)
     assert abs((events[0] - expected[0]).total_seconds()) < 1
 
 
@@ -95,3 +96,13 @@ def test_library_never_imports_airflow():
     offenders = [p for p in (ROOT / "include").rglob("*.py")
                  if re.search(r"^\s*(from|import)\s+airflow\b", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_every_dag_survives_scheduler_serialization(dagbag):
+    """What the dag-processor stores must load back in the scheduler."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    for dag_id, dag in dagbag.dags.items():
+        back = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+        assert back.dag_id == dag_id
+        assert type(back.timetable).__name__ == type(dag.timetable).__name__

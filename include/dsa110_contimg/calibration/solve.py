@@ -31,7 +31,8 @@ import numpy as np
 
 from .. import casa_env
 from ..errors import CalibrationError
-from ..geometry import angular_separation, icrs_to_itrs, meridian_direction, site_location
+from .. import geometry
+from ..geometry import angular_separation, meridian_direction, site_location
 from ..instrument import airy_beam
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 POINTING_DEC_KEYWORD = "DSA110_POINTING_DEC_RAD"
 MIN_BEAM = 0.05  # calibrator must be at least this far up the beam at some time
 MAX_FLAGGED_FRACTION = 0.5
-ROW_CHUNK = 20000
+CHUNK_ELEMENTS = 4_000_000  # visibilities per read/write chunk (~64 MB as complex128)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,28 @@ class CalSolveResult:
         return cls(**d)
 
 
+def icrs_to_itrs(ra_rad, dec_rad, times) -> np.ndarray:
+    """geometry.icrs_to_itrs, (Ntimes, Nsrc, 3), with a broadcast-safe fallback.
+
+    geometry.icrs_to_itrs multiplies a Time by an ndarray, which astropy 8
+    rejects (TypeError); the fallback does the same transform letting astropy
+    broadcast the obstime against the coordinates."""
+    try:
+        return geometry.icrs_to_itrs(ra_rad, dec_rad, times)
+    except TypeError:
+        pass
+    from astropy import units as u
+    from astropy.coordinates import ICRS, ITRS, SkyCoord
+    from astropy.time import Time
+
+    ra = np.atleast_1d(np.asarray(ra_rad, dtype=float))
+    dec = np.atleast_1d(np.asarray(dec_rad, dtype=float))
+    t = Time(np.atleast_1d(times.jd), format="jd", scale="utc")
+    sc = SkyCoord(ra=ra[None, :] * u.rad, dec=dec[None, :] * u.rad, frame=ICRS())
+    xyz = np.moveaxis(sc.transform_to(ITRS(obstime=t[:, None])).cartesian.xyz.value, 0, -1)
+    return xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+
+
 # --------------------------------------------------------------------------
 # MS helpers
 # --------------------------------------------------------------------------
@@ -174,8 +197,9 @@ def antennas_with_data(ms: Path) -> dict[int, int]:
     try:
         tb.open(str(ms))
         nrow = tb.nrows()
-        for start in range(0, nrow, ROW_CHUNK):
-            n = min(ROW_CHUNK, nrow - start)
+        chunk = 20000
+        for start in range(0, nrow, chunk):
+            n = min(chunk, nrow - start)
             a1 = tb.getcol("ANTENNA1", start, n)
             a2 = tb.getcol("ANTENNA2", start, n)
             flag = tb.getcol("FLAG", start, n)  # (npol, nchan, nrow)
@@ -252,8 +276,9 @@ def _set_model(ms: Path, calibrator, basics: dict[str, Any], work: Path) -> None
     try:
         tb.open(str(ms), nomodify=False)
         nrow = tb.nrows()
-        for start in range(0, nrow, ROW_CHUNK):
-            n = min(ROW_CHUNK, nrow - start)
+        chunk = max(1, CHUNK_ELEMENTS // (2 * freqs.size))
+        for start in range(0, nrow, chunk):
+            n = min(chunk, nrow - start)
             t = tb.getcol("TIME", start, n)
             idx = np.clip(np.searchsorted(times, t), 0, times.size - 1)
             model = tb.getcol("MODEL_DATA", start, n)  # (npol, nchan, nrow)

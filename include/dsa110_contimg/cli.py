@@ -1,0 +1,199 @@
+"""`dsa110`: one subcommand per stage, printing the stage's result as JSON.
+
+The same library functions the Airflow operators call, for scripting,
+debugging one group by hand, or reprocessing outside Airflow."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from .config import PipelineConfig
+from .errors import ContimgError
+from .pipeline import jsonable
+
+
+def _dt(s: str) -> datetime:
+    d = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def cmd_simulate(a, cfg):
+    from .simulate import session_start_around_transit, simulate_session
+
+    start = _dt(a.start) if a.start else session_start_around_transit(a.calibrator, date.fromisoformat(a.date))
+    out = Path(a.out or cfg.incoming_dir)
+    res = simulate_session(out, a.preset, start, a.groups, a.dec, seed=a.seed, calibrator=a.calibrator,
+                           catalog_path=Path(a.catalog) if a.catalog else None)
+    return {"files": len(res.files), "groups": [str(g) for g in res.group_starts], "catalog": res.catalog_path,
+            "truth": res.truth_path, "n_sources": res.n_sources}
+
+
+def cmd_ingest(a, cfg):
+    from .ingest import find_groups, scan_incoming
+
+    incoming = Path(a.incoming or cfg.incoming_dir)
+    groups = find_groups(incoming, tolerance_s=cfg.group_tolerance_s, timeout_s=cfg.group_timeout_s,
+                         min_subbands=cfg.min_subbands)
+    _, rejected = scan_incoming(incoming)
+    return {"groups": groups, "rejected": [{"path": p, "reason": r} for p, r in rejected]}
+
+
+def cmd_convert(a, cfg):
+    from .convert import convert_group
+
+    return convert_group([Path(f) for f in a.files], Path(a.out or cfg.ms_dir), group_id=a.group_id,
+                         min_subbands=cfg.min_subbands)
+
+
+def cmd_calibrate(a, cfg):
+    if a.action == "solve":
+        from .calibration import CalSolveParams, solve_calibration
+        from .calibrators import get_calibrator
+
+        return solve_calibration(Path(a.ms), get_calibrator(a.calibrator or cfg.bandpass_calibrator),
+                                 Path(a.out or cfg.caltables_dir), CalSolveParams(refant=a.refant))
+    from .calibration import apply_calibration
+
+    tables = [(Path(t).suffix.lstrip(".").upper()[:1] or "G", t) for t in a.tables]
+    return apply_calibration(Path(a.ms), tables)
+
+
+def cmd_image(a, cfg):
+    from .imaging import ImagingParams, image_ms
+
+    params = ImagingParams.from_dict({"backend": a.backend or cfg.imaging_backend,
+                                      "niter": a.niter if a.niter is not None else cfg.imaging_niter})
+    return image_ms(Path(a.ms), Path(a.out or cfg.images_dir), params)
+
+
+def cmd_mosaic(a, cfg):
+    from .pipeline import mosaic_step, open_registry
+
+    return mosaic_step(cfg, open_registry(a.registry or cfg.default_registry_url()), _dt(a.start), _dt(a.end))
+
+
+def cmd_crossmatch(a, cfg):
+    from .catalog import read_catalog
+    from .crossmatch import crossmatch, find_sources
+    from .pipeline import _fits_freq
+
+    fits = Path(a.fits)
+    found = find_sources(fits, snr=a.snr or cfg.detection_snr)
+    ref = read_catalog(Path(a.catalog or cfg.reference_catalog))
+    out = Path(a.out) if a.out else None
+    res = crossmatch(found, ref, radius_arcsec=a.radius or cfg.crossmatch_radius_arcsec,
+                     image_freq_hz=_fits_freq(fits), out_csv=out)
+    return {"n_detected": res.n_detected, "n_matched": res.n_matched,
+            "median_flux_ratio": res.median_flux_ratio, "median_offset_arcsec": res.median_offset_arcsec,
+            "catalog_csv": out}
+
+
+def cmd_publish(a, cfg):
+    from .publish import publish_products
+
+    return {"published": publish_products([Path(f) for f in a.files], Path(a.to or cfg.products_dir))}
+
+
+def cmd_registry(a, cfg):
+    from .pipeline import open_registry, summary
+
+    reg = open_registry(a.registry or cfg.default_registry_url())
+    if a.action == "summary":
+        return summary(reg)
+    if a.action == "caltables":
+        return reg.caltables()
+    if a.action == "products":
+        return reg.products()
+    return {"schema_version": reg.migrate()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsa110", description=__doc__)
+    p.add_argument("--config", help="YAML configuration file (else $CONTIMG_CONFIG, then defaults)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write correlator-format subband files for a simulated session")
+    s.add_argument("--out", help="directory for the files (default: the incoming directory)")
+    s.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"])
+    s.add_argument("--groups", type=int, default=12)
+    s.add_argument("--dec", type=float, default=55.6, help="pointing declination, degrees")
+    s.add_argument("--calibrator", default="0834+555")
+    s.add_argument("--date", default="2026-01-15", help="day whose calibrator transit the session covers")
+    s.add_argument("--start", help="explicit session start (ISO, UTC) instead of --date")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--catalog", help="where to write the reference catalogue")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("ingest", help="list the subband groups found in the incoming directory")
+    s.add_argument("--incoming")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("convert", help="convert one group's subband files to a MeasurementSet")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--out")
+    s.add_argument("--group-id")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("calibrate", help="solve calibration on a calibrator MS, or apply tables")
+    s.add_argument("action", choices=["solve", "apply"])
+    s.add_argument("ms")
+    s.add_argument("--calibrator")
+    s.add_argument("--refant")
+    s.add_argument("--out")
+    s.add_argument("--tables", nargs="*", default=[], help="tables to apply, in order (apply)")
+    s.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("image", help="image one MeasurementSet (primary-beam corrected FITS)")
+    s.add_argument("ms")
+    s.add_argument("--out")
+    s.add_argument("--backend", choices=["auto", "tclean", "wsclean"])
+    s.add_argument("--niter", type=int)
+    s.set_defaults(func=cmd_image)
+
+    s = sub.add_parser("mosaic", help="mosaic the registered images of a time window")
+    s.add_argument("--start", required=True)
+    s.add_argument("--end", required=True)
+    s.add_argument("--registry", help="SQLAlchemy URL of the registry")
+    s.set_defaults(func=cmd_mosaic)
+
+    s = sub.add_parser("crossmatch", help="find sources in a FITS image and match the reference catalogue")
+    s.add_argument("fits")
+    s.add_argument("--catalog")
+    s.add_argument("--radius", type=float)
+    s.add_argument("--snr", type=float)
+    s.add_argument("--out", help="CSV of matches")
+    s.set_defaults(func=cmd_crossmatch)
+
+    s = sub.add_parser("publish", help="move staged products into the products directory")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--to")
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("registry", help="inspect the registry")
+    s.add_argument("action", choices=["summary", "caltables", "products", "migrate"])
+    s.add_argument("--registry", help="SQLAlchemy URL of the registry")
+    s.set_defaults(func=cmd_registry)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = PipelineConfig.load(args.config)
+        result = args.func(args, cfg)
+    except ContimgError as exc:
+        print(json.dumps({"error": type(exc).__name__, "path": exc.path, "reason": exc.reason}), file=sys.stderr)
+        return 2
+    print(json.dumps(jsonable(result), indent=None, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,557 @@
+"""Convert: one group of UVH5 subband files -> one CASA MeasurementSet.
+
+What the correlator writes (DESIGN.md section 2): one file per subband,
+channels in descending frequency, visibilities and uvw already phased to hour
+angle 0 at the apparent pointing declination every integration, although the
+header says ``phase_type = "drift"``. That phase centre, p0, is a direction
+fixed in the Earth (ITRS) frame; the sky drifts through it.
+
+The MeasurementSet gets one sidereal ICRS phase centre: the ICRS position of
+p0 at the group's mid-time. For every integration t the data are rotated from
+p0 to that direction, p(t) (the two coincide at mid-time and differ by
+~0.6 deg at the ends of a 5-minute file):
+
+    V_new = V_old * exp(sign 2 pi i nu/c b.(p0 - p(t)))
+
+because V_old ~ exp(sign k b.(s - p0)) and an MS phased to p(t) must hold
+exp(sign k b.(s - p(t))). uvw are recomputed from the antenna positions in the
+(u towards east, v towards the ICRS pole, w towards p(t)) basis. The data are
+never rotated "from drift" a second time.
+
+All 16 subbands always appear, in ascending frequency, in one spectral window;
+the channels of missing subbands are present and flagged, so every MS of a
+session has the same layout.
+
+Written atomically: to ``<group_id>.ms.tmp-<pid>`` in ``out_dir``, then
+renamed to ``<group_id>.ms`` (a previous MS is renamed away first and deleted
+after the new one is in place).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import geometry
+from .errors import BadFileNameError, CorruptSubbandError, IncompleteGroupError
+from .ingest import format_group_id, parse_subband_name
+from .instrument import N_SUBBANDS
+
+log = logging.getLogger(__name__)
+
+POINTING_DEC_KEYWORD = "DSA110_POINTING_DEC_RAD"
+GROUP_ID_KEYWORD = "DSA110_GROUP_ID"
+MISSING_SUBBANDS_KEYWORD = "DSA110_MISSING_SUBBANDS"
+
+_MJD_JD = 2400000.5
+_TIME_TOL_DAYS = 1e-3 / 86400.0  # 1 ms: subbands of a group share one time grid
+_DEC_TOL_RAD = 1e-8  # ~2 milliarcsec
+_POS_TOL_M = 1e-3
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What convert produced (JSON-serialisable through :meth:`as_dict`)."""
+
+    ms_path: str
+    group_id: str
+    n_rows: int
+    n_channels: int
+    n_antennas: int  # antennas with data
+    n_times: int
+    start_mjd: float  # start of the first integration (UTC)
+    mid_mjd: float  # the time the ICRS phase centre was computed for
+    end_mjd: float  # end of the last integration
+    phase_center_ra_deg: float  # ICRS
+    phase_center_dec_deg: float  # ICRS
+    pointing_dec_deg: float  # apparent declination of the meridian pointing
+    missing_subbands: tuple[int, ...]
+    seconds: float
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["missing_subbands"] = list(self.missing_subbands)
+        return d
+
+
+@dataclass
+class _Header:
+    path: Path
+    subband: int
+    nblts: int
+    nfreqs: int
+    npols: int
+    freqs: np.ndarray  # as written (descending)
+    channel_width: float  # Hz, positive
+    pols: np.ndarray
+    times_jd: np.ndarray  # (Nblts,)
+    integration_time: np.ndarray  # (Nblts,) s
+    ant1: np.ndarray
+    ant2: np.ndarray
+    antenna_numbers: np.ndarray
+    antenna_positions: np.ndarray  # ECEF offsets from the telescope, m
+    pointing_dec_rad: float  # apparent
+    ha_phase_center: float
+    latitude_deg: float
+    longitude_deg: float
+    altitude_m: float
+    uvw: np.ndarray  # (Nblts, 3) as written
+
+
+# --------------------------------------------------------------------------
+# reading and validating
+# --------------------------------------------------------------------------
+
+
+def _scalar(v):
+    v = np.asarray(v)
+    return v.reshape(-1)[0].item() if v.size else None
+
+
+def _read_header(path: Path, subband: int) -> _Header:
+    """Header of one subband file; CorruptSubbandError for anything unreadable."""
+    import h5py
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CorruptSubbandError(path, f"cannot stat file: {exc}") from exc
+    if size == 0:
+        raise CorruptSubbandError(path, "zero-length file")
+    try:
+        with h5py.File(path, "r") as f:
+            if "Header" not in f or "Data" not in f:
+                raise CorruptSubbandError(path, "not a UVH5 file (no /Header or /Data group)")
+            h = f["Header"]
+            need = [
+                "Nblts", "Nfreqs", "Npols", "freq_array", "channel_width", "polarization_array",
+                "time_array", "integration_time", "ant_1_array", "ant_2_array", "antenna_numbers",
+                "antenna_positions", "latitude", "longitude", "altitude", "uvw_array",
+            ]  # fmt: skip
+            absent = [k for k in need if k not in h]
+            if absent:
+                raise CorruptSubbandError(path, f"header lacks {', '.join(absent)}")
+            for k in ("visdata", "flags", "nsamples"):
+                if k not in f["Data"]:
+                    raise CorruptSubbandError(path, f"/Data/{k} is missing")
+            extra = h.get("extra_keywords")
+            if extra is None or "phase_center_dec" not in extra:
+                raise CorruptSubbandError(path, "header lacks extra_keywords/phase_center_dec (pointing declination)")
+            ha = float(_scalar(extra["ha_phase_center"][()])) if "ha_phase_center" in extra else 0.0
+            cw = np.asarray(h["channel_width"][()], dtype=float).reshape(-1)
+            hdr = _Header(
+                path=path,
+                subband=subband,
+                nblts=int(_scalar(h["Nblts"][()])),
+                nfreqs=int(_scalar(h["Nfreqs"][()])),
+                npols=int(_scalar(h["Npols"][()])),
+                freqs=np.asarray(h["freq_array"][()], dtype=float).reshape(-1),
+                channel_width=float(abs(cw[0])),
+                pols=np.asarray(h["polarization_array"][()]).reshape(-1),
+                times_jd=np.asarray(h["time_array"][()], dtype=float),
+                integration_time=np.asarray(h["integration_time"][()], dtype=float).reshape(-1),
+                ant1=np.asarray(h["ant_1_array"][()], dtype=int),
+                ant2=np.asarray(h["ant_2_array"][()], dtype=int),
+                antenna_numbers=np.asarray(h["antenna_numbers"][()], dtype=int),
+                antenna_positions=np.asarray(h["antenna_positions"][()], dtype=float),
+                pointing_dec_rad=float(_scalar(extra["phase_center_dec"][()])),
+                ha_phase_center=ha,
+                latitude_deg=float(_scalar(h["latitude"][()])),
+                longitude_deg=float(_scalar(h["longitude"][()])),
+                altitude_m=float(_scalar(h["altitude"][()])),
+                uvw=np.asarray(h["uvw_array"][()], dtype=float),
+            )
+            shape = f["Data"]["visdata"].shape
+    except CorruptSubbandError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise CorruptSubbandError(path, f"cannot read UVH5 header (truncated or damaged file?): {exc}") from exc
+    want = (hdr.nblts, 1, hdr.nfreqs, hdr.npols)
+    if tuple(shape) != want:
+        raise CorruptSubbandError(path, f"/Data/visdata has shape {tuple(shape)}, header implies {want}")
+    if hdr.freqs.size != hdr.nfreqs or hdr.times_jd.size != hdr.nblts or hdr.ant1.size != hdr.nblts:
+        raise CorruptSubbandError(path, "header array lengths disagree with Nblts/Nfreqs")
+    if hdr.nfreqs > 1 and not np.all(np.diff(hdr.freqs) < 0):
+        raise CorruptSubbandError(path, "channels are not in descending frequency as the correlator writes them")
+    if abs(hdr.ha_phase_center) > 1e-9:
+        raise CorruptSubbandError(path, f"ha_phase_center is {hdr.ha_phase_center}, expected 0 (meridian phasing)")
+    return hdr
+
+
+def _check_same(ref: _Header, h: _Header) -> None:
+    """Raise CorruptSubbandError if ``h`` disagrees with the group's reference file."""
+
+    def bad(reason):
+        raise CorruptSubbandError(h.path, f"{reason} (reference file {ref.path.name})")
+
+    if abs(h.pointing_dec_rad - ref.pointing_dec_rad) > _DEC_TOL_RAD:
+        bad(
+            f"pointing declination {np.rad2deg(h.pointing_dec_rad):.6f} deg differs from "
+            f"{np.rad2deg(ref.pointing_dec_rad):.6f} deg"
+        )
+    if not np.array_equal(h.antenna_numbers, ref.antenna_numbers) or not np.allclose(
+        h.antenna_positions, ref.antenna_positions, atol=_POS_TOL_M, rtol=0
+    ):
+        bad("antenna table differs")
+    if h.nfreqs != ref.nfreqs or abs(h.channel_width - ref.channel_width) > 1e-6 * ref.channel_width:
+        bad(f"{h.nfreqs} channels of {h.channel_width:.3f} Hz vs {ref.nfreqs} of {ref.channel_width:.3f} Hz")
+    if not np.array_equal(h.pols, ref.pols):
+        bad(f"polarizations {h.pols.tolist()} vs {ref.pols.tolist()}")
+    if h.nblts != ref.nblts or not np.array_equal(h.ant1, ref.ant1) or not np.array_equal(h.ant2, ref.ant2):
+        bad("baseline-time ordering differs")
+    if np.max(np.abs(h.times_jd - ref.times_jd)) > _TIME_TOL_DAYS:
+        dt = np.max(np.abs(h.times_jd - ref.times_jd)) * 86400.0
+        bad(f"time grid differs by up to {dt:.3f} s")
+    if (
+        abs(h.latitude_deg - ref.latitude_deg) > 1e-9
+        or abs(h.longitude_deg - ref.longitude_deg) > 1e-9
+        or abs(h.altitude_m - ref.altitude_m) > 1e-3
+    ):
+        bad("telescope location differs")
+
+
+def _read_data(h: _Header):
+    """(visdata, flags, nsamples) of one file, each (Nblts, Nfreq, Npol)."""
+    import h5py
+
+    try:
+        with h5py.File(h.path, "r") as f:
+            d = f["Data"]
+            vis = d["visdata"][:, 0, :, :]
+            flags = d["flags"][:, 0, :, :]
+            nsamples = d["nsamples"][:, 0, :, :]
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise CorruptSubbandError(h.path, f"cannot read visibilities (truncated or damaged file?): {exc}") from exc
+    if vis.dtype.kind != "c":
+        raise CorruptSubbandError(h.path, f"/Data/visdata has dtype {vis.dtype}, expected complex")
+    return vis, flags, nsamples
+
+
+# --------------------------------------------------------------------------
+# geometry helpers
+# --------------------------------------------------------------------------
+
+
+def _icrs_to_itrs(ra_rad: float, dec_rad: float, jd: np.ndarray) -> np.ndarray:
+    """ITRS unit vectors (Nt, 3) of one ICRS direction at UTC JDs ``jd``.
+
+    Uses geometry.icrs_to_itrs; falls back to the same astropy transform
+    done with a broadcast-safe Time when that function fails (it multiplies
+    a Time by an ndarray, which astropy >= 8 rejects)."""
+    from astropy import units as u
+    from astropy.coordinates import ICRS, ITRS, SkyCoord
+    from astropy.time import Time
+
+    t = Time(np.asarray(jd, dtype=float), format="jd", scale="utc")
+    try:
+        return geometry.icrs_to_itrs(np.array([ra_rad]), np.array([dec_rad]), t)[:, 0, :]
+    except TypeError:
+        sc = SkyCoord(ra=np.full(t.shape, ra_rad) * u.rad, dec=np.full(t.shape, dec_rad) * u.rad, frame=ICRS())
+        xyz = np.moveaxis(sc.transform_to(ITRS(obstime=t)).cartesian.xyz.value, 0, -1)
+        return xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+
+
+def _icrs_pole_itrs(jd: np.ndarray) -> np.ndarray:
+    return _icrs_to_itrs(0.0, np.pi / 2, jd)
+
+
+def _itrs_to_icrs(vec: np.ndarray, jd: float) -> tuple[float, float]:
+    """ICRS (ra, dec) in radians of the ITRS *direction* ``vec`` at UTC JD ``jd``.
+
+    geometry.itrs_to_icrs is used when it inverts :func:`_icrs_to_itrs` to
+    1e-8 rad. As shipped it does not: it places the direction at a finite
+    distance (1e12 m), and the ICRS origin being the barycentre, that point
+    shows ~1 AU / 1e12 m ~ 8.5 deg of parallax. Then the same transform is
+    done here on a unit-sphere (infinitely distant) direction."""
+    from astropy.coordinates import ICRS, ITRS, CartesianRepresentation, SkyCoord, UnitSphericalRepresentation
+    from astropy.time import Time
+
+    t = Time(jd, format="jd", scale="utc")
+    vec = np.asarray(vec, dtype=float)
+    ra, dec = geometry.itrs_to_icrs(vec, t)
+    back = _icrs_to_itrs(ra, dec, np.array([jd]))[0]
+    if float(geometry.angular_separation(back, vec / np.linalg.norm(vec))) < 1e-8:
+        return ra, dec
+    rep = CartesianRepresentation(*vec).represent_as(UnitSphericalRepresentation)
+    sc = SkyCoord(ITRS(rep, obstime=t)).transform_to(ICRS())
+    ra, dec = float(sc.ra.rad), float(sc.dec.rad)
+    back = _icrs_to_itrs(ra, dec, np.array([jd]))[0]
+    err = float(geometry.angular_separation(back, vec / np.linalg.norm(vec)))
+    if err > 1e-8:  # pragma: no cover - would mean astropy itself is inconsistent
+        raise RuntimeError(f"ITRS->ICRS->ITRS round trip misses by {np.rad2deg(err) * 3600:.3g} arcsec")
+    return ra, dec
+
+
+@dataclass(frozen=True)
+class Rephasing:
+    """Per-row quantities to move data phased at p0 (ITRS) to an ICRS centre."""
+
+    ra0: float
+    dec0: float
+    uvw: np.ndarray  # (Nblts, 3) metres, new phase centre
+    dpath: np.ndarray  # (Nblts,) metres, b.(p0 - p(t))
+    w_old: np.ndarray  # (Nblts,) b.p0, what the file's w should be
+
+
+def compute_rephasing(
+    times_jd: np.ndarray,
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    antenna_numbers: np.ndarray,
+    antenna_positions: np.ndarray,
+    pointing_dec_rad: float,
+    longitude_deg: float,
+    mid_jd: float,
+) -> Rephasing:
+    """uvw and path differences to rephase meridian-phased rows to ICRS.
+
+    Exposed so tests can check the MS against the UVH5 data independently of
+    how the MS was written."""
+    p0 = geometry.meridian_direction(pointing_dec_rad, lon_deg=longitude_deg)
+    ra0, dec0 = _itrs_to_icrs(p0, mid_jd)
+    utimes, tidx = np.unique(times_jd, return_inverse=True)
+    p_new = _icrs_to_itrs(ra0, dec0, utimes)  # (Nt, 3)
+    pole = _icrs_pole_itrs(utimes)  # (Nt, 3)
+    basis = geometry.uvw_basis(p_new, pole)  # (Nt, 3, 3)
+    row = {int(n): i for i, n in enumerate(antenna_numbers)}
+    try:
+        i1 = np.array([row[int(a)] for a in ant1])
+        i2 = np.array([row[int(a)] for a in ant2])
+    except KeyError as exc:
+        raise ValueError(f"antenna {exc.args[0]} in the data is not in the antenna table") from None
+    ecef = np.asarray(antenna_positions, dtype=float)
+    uvw = geometry.baseline_uvw(ecef, i1, i2, basis[tidx])
+    b = ecef[i2] - ecef[i1]
+    dpath = np.einsum("ij,ij->i", b, p0[None, :] - p_new[tidx])
+    return Rephasing(ra0=ra0, dec0=dec0, uvw=uvw, dpath=dpath, w_old=b @ p0)
+
+
+# --------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------
+
+
+def _resolve_subbands(files: list[Path]) -> dict[int, Path]:
+    by_sb: dict[int, list[Path]] = {}
+    for p in files:
+        try:
+            _, sb = parse_subband_name(p)
+        except BadFileNameError as exc:
+            raise CorruptSubbandError(p, f"file name does not parse: {exc.reason}") from None
+        by_sb.setdefault(sb, []).append(p)
+    dups = {sb: ps for sb, ps in by_sb.items() if len(ps) > 1}
+    if dups:
+        sb, ps = min(dups.items())
+        raise CorruptSubbandError(
+            ps[1], f"duplicate subband sb{sb:02d} in group: " + ", ".join(p.name for p in ps) + " (remove one)"
+        )
+    return {sb: ps[0] for sb, ps in sorted(by_sb.items())}
+
+
+def _build_uvdata(ref: _Header, group_id, freqs, chw, vis, flags, nsamples, reph: Rephasing):
+    """A pyuvdata UVData with one sidereal ICRS phase centre holding our arrays."""
+    from pyuvdata import UVData
+
+    uv = UVData.from_file(str(ref.path), file_type="uvh5", read_data=False, run_check=False)
+    uv.Nfreqs = freqs.size
+    uv.Nspws = 1
+    uv.spw_array = np.array([0])
+    uv.freq_array = freqs.astype(float)
+    uv.channel_width = np.full(freqs.size, chw, dtype=float)
+    uv.flex_spw_id_array = np.zeros(freqs.size, dtype=int)
+    uv.data_array = vis
+    uv.flag_array = flags
+    uv.nsample_array = nsamples
+    uv.uvw_array = reph.uvw
+    uv.phase_center_catalog = {}
+    cat_id = uv._add_phase_center(
+        f"DSA110_{group_id}", cat_type="sidereal", cat_lon=reph.ra0, cat_lat=reph.dec0, cat_frame="icrs"
+    )
+    uv.phase_center_id_array = np.full(uv.Nblts, cat_id, dtype=int)
+    uv.Nphase = 1
+    uv._set_app_coords_helper()
+    uv.extra_keywords = {}
+    uv.history = (uv.history or "") + (
+        f"\ndsa110_contimg.convert: group {group_id}; {len(vis)} rows rephased from HA=0 at apparent dec "
+        f"{np.rad2deg(ref.pointing_dec_rad):.6f} deg to ICRS ({np.rad2deg(reph.ra0):.6f}, "
+        f"{np.rad2deg(reph.dec0):.6f}) deg.\n"
+    )
+    return uv
+
+
+def _put_keywords(ms: Path, keywords: dict) -> None:
+    from casacore import tables
+
+    t = tables.table(str(ms), readonly=False, ack=False)
+    try:
+        for k, v in keywords.items():
+            t.putkeyword(k, v)
+    finally:
+        t.close()
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first."""
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except Exception:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def convert_group(
+    files: list[Path],
+    out_dir: Path,
+    group_id: str | None = None,
+    min_subbands: int = 12,
+) -> ConvertResult:
+    """Convert one subband group to ``out_dir/<group_id>.ms``.
+
+    ``files`` are the group's finished subband files (any order). ``group_id``
+    defaults to the earliest file's timestamp. Raises CorruptSubbandError
+    naming the file for unreadable/truncated/zero-length files, names that do
+    not parse, duplicate subbands and files that disagree with the rest of the
+    group (pointing, antennas, channels, time grid); IncompleteGroupError when
+    fewer than ``min_subbands`` subbands are present."""
+    t_start = time.perf_counter()
+    files = [Path(p) for p in files]
+    out_dir = Path(out_dir)
+    if not files:
+        raise IncompleteGroupError(out_dir, "no subband files given")
+    by_sb = _resolve_subbands(files)
+    if group_id is None:
+        group_id = format_group_id(min(parse_subband_name(p)[0] for p in files))
+    missing = tuple(sb for sb in range(N_SUBBANDS) if sb not in by_sb)
+    if len(by_sb) < min_subbands:
+        raise IncompleteGroupError(
+            files[0].parent,
+            f"group {group_id} has {len(by_sb)}/{N_SUBBANDS} subbands (need {min_subbands}); missing "
+            + ", ".join(f"sb{sb:02d}" for sb in missing),
+        )
+
+    headers = {sb: _read_header(p, sb) for sb, p in by_sb.items()}
+    ref = headers[min(headers)]
+    for h in headers.values():
+        if h is not ref:
+            _check_same(ref, h)
+
+    # Channel layout of the full band, from the reference subband: subband k's
+    # channels are subband ref's shifted down by (k - ref) subband widths.
+    nchan, chw = ref.nfreqs, ref.channel_width
+    sb_width = nchan * chw
+    for sb, h in headers.items():
+        expect = ref.freqs - (sb - ref.subband) * sb_width
+        if np.max(np.abs(h.freqs - expect)) > 1e-3 * chw:
+            raise CorruptSubbandError(
+                h.path,
+                f"frequencies {h.freqs[0] / 1e6:.4f}..{h.freqs[-1] / 1e6:.4f} MHz do not fit subband sb{sb:02d} "
+                f"of the band implied by {ref.path.name}",
+            )
+    nout = N_SUBBANDS * nchan
+    freqs = np.empty(nout)
+    for k in range(N_SUBBANDS):
+        lo = (N_SUBBANDS - 1 - k) * nchan
+        freqs[lo : lo + nchan] = (ref.freqs - (k - ref.subband) * sb_width)[::-1]
+
+    nblts, npol = ref.nblts, ref.npols
+    vis = np.zeros((nblts, nout, npol), dtype=np.complex64)
+    flags = np.ones((nblts, nout, npol), dtype=bool)
+    nsamples = np.zeros((nblts, nout, npol), dtype=np.float32)
+    for sb, h in headers.items():
+        v, fl, ns = _read_data(h)
+        lo = (N_SUBBANDS - 1 - sb) * nchan
+        vis[:, lo : lo + nchan] = v[:, ::-1]
+        flags[:, lo : lo + nchan] = fl[:, ::-1]
+        nsamples[:, lo : lo + nchan] = ns[:, ::-1]
+        del v, fl, ns
+    t_read = time.perf_counter() - t_start
+
+    half = 0.5 * ref.integration_time / 86400.0
+    start_jd = float(np.min(ref.times_jd - half))
+    end_jd = float(np.max(ref.times_jd + half))
+    mid_jd = 0.5 * (float(ref.times_jd.min()) + float(ref.times_jd.max()))
+    try:
+        reph = compute_rephasing(
+            ref.times_jd, ref.ant1, ref.ant2, ref.antenna_numbers, ref.antenna_positions,
+            ref.pointing_dec_rad, ref.longitude_deg, mid_jd,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise CorruptSubbandError(ref.path, str(exc)) from exc
+    # The file's w must be b.p0 if it is phased to HA=0 at the pointing dec.
+    w_err = float(np.max(np.abs(ref.uvw[:, 2] - reph.w_old))) if nblts else 0.0
+    if w_err > 0.05:
+        log.warning(
+            "convert %s: file w differs from b.p0 by up to %.3f m: data may not be phased to HA=0 at dec %.4f",
+            group_id, w_err, np.rad2deg(ref.pointing_dec_rad),
+        )  # fmt: skip
+    chunk = max(1, int(2**24 // max(nout, 1)))
+    for lo in range(0, nblts, chunk):
+        sl = slice(lo, lo + chunk)
+        vis[sl] *= geometry.phase_factor(reph.dpath[sl], freqs).astype(np.complex64)[:, :, None]
+    t_phase = time.perf_counter() - t_start - t_read
+
+    uv = _build_uvdata(ref, group_id, freqs, chw, vis, flags, nsamples, reph)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{group_id}.ms"
+    tmp = out_dir / f"{group_id}.ms.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            uv.write_ms(str(tmp), fix_autos=True, run_check=True, strict_uvw_antpos_check=False, clobber=True)
+        for w in caught:
+            log.info("convert %s: pyuvdata: %s", group_id, str(w.message).splitlines()[0])
+        _put_keywords(
+            tmp,
+            {
+                POINTING_DEC_KEYWORD: float(ref.pointing_dec_rad),
+                GROUP_ID_KEYWORD: group_id,
+                MISSING_SUBBANDS_KEYWORD: ",".join(f"{sb:02d}" for sb in missing),
+            },
+        )
+        _swap_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t_start
+    n_ants = int(np.unique(np.concatenate([ref.ant1, ref.ant2])).size)
+    result = ConvertResult(
+        ms_path=str(final),
+        group_id=group_id,
+        n_rows=int(nblts),
+        n_channels=int(nout),
+        n_antennas=n_ants,
+        n_times=int(np.unique(ref.times_jd).size),
+        start_mjd=start_jd - _MJD_JD,
+        mid_mjd=mid_jd - _MJD_JD,
+        end_mjd=end_jd - _MJD_JD,
+        phase_center_ra_deg=float(np.rad2deg(reph.ra0)),
+        phase_center_dec_deg=float(np.rad2deg(reph.dec0)),
+        pointing_dec_deg=float(np.rad2deg(ref.pointing_dec_rad)),
+        missing_subbands=missing,
+        seconds=round(seconds, 3),
+    )
+    log.info(
+        "convert %s: %d subbands (missing %s), %d rows x %d channels x %d pols, %d antennas, %d times, "
+        "%.1f%% flagged; phase centre ICRS (%.5f, %+.5f) deg; read %.1f s, rephase %.1f s, total %.1f s -> %s",
+        group_id, len(headers), ",".join(f"sb{s:02d}" for s in missing) or "none", nblts, nout, npol, n_ants,
+        result.n_times, 100.0 * flags.mean(), result.phase_center_ra_deg, result.phase_center_dec_deg,
+        t_read, t_phase, seconds, final,
+    )  # fmt: skip
+    return result
