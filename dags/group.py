@@ -26,7 +26,7 @@ CFG = config()
     dag_id="group",
     schedule=None,
     start_date=PROJECT_EPOCH,
-    max_active_runs=4,
+    max_active_runs=24,  # groups before a calibrator transit wait (no slot held) for its solution
     default_args=PIPELINE_DEFAULTS,
     params={"group_id": Param("", type="string", description="subband group id, e.g. 2026-01-15T12:00:00"),
             **imaging_params(CFG)},

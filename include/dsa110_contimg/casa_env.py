@@ -25,13 +25,15 @@ def casadata_dir() -> Path:
     return Path(spec.origin).parent / "__data__"
 
 
-def site_config_text(data_dir: Path) -> str:
-    """The casasiteconfig that pins measures to ``data_dir`` and disables updates."""
+def site_config_text(data_dir: Path, log_dir: Path) -> str:
+    """The casasiteconfig that pins measures to ``data_dir``, disables updates
+    and network checks, and keeps CASA's log out of the working directory."""
     return (
         f"measurespath = {str(data_dir)!r}\n"
         "measures_auto_update = False\n"
         "data_auto_update = False\n"
-        "nologfile = False\n"
+        "skipnetworkcheck = True\n"
+        f"logfile = {str(log_dir / 'casa.log')!r}\n"
     )
 
 
@@ -44,7 +46,7 @@ def ensure_casa_offline() -> Path:
     data_dir = casadata_dir()
     cfg_dir = Path(os.environ.get("CONTIMG_CASA_CONFIG_DIR", Path(tempfile.gettempdir()) / "contimg-casa"))
     cfg = cfg_dir / "casasiteconfig.py"
-    text = site_config_text(data_dir)
+    text = site_config_text(data_dir, cfg_dir)
     if not cfg.exists() or cfg.read_text() != text:
         cfg_dir.mkdir(parents=True, exist_ok=True)
         tmp = cfg.with_suffix(f".{os.getpid()}.tmp")

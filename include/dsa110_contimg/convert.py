@@ -238,56 +238,6 @@ def _read_data(h: _Header):
 # --------------------------------------------------------------------------
 
 
-def _icrs_to_itrs(ra_rad: float, dec_rad: float, jd: np.ndarray) -> np.ndarray:
-    """ITRS unit vectors (Nt, 3) of one ICRS direction at UTC JDs ``jd``.
-
-    Uses geometry.icrs_to_itrs; falls back to the same astropy transform
-    done with a broadcast-safe Time when that function fails (it multiplies
-    a Time by an ndarray, which astropy >= 8 rejects)."""
-    from astropy import units as u
-    from astropy.coordinates import ICRS, ITRS, SkyCoord
-    from astropy.time import Time
-
-    t = Time(np.asarray(jd, dtype=float), format="jd", scale="utc")
-    try:
-        return geometry.icrs_to_itrs(np.array([ra_rad]), np.array([dec_rad]), t)[:, 0, :]
-    except TypeError:
-        sc = SkyCoord(ra=np.full(t.shape, ra_rad) * u.rad, dec=np.full(t.shape, dec_rad) * u.rad, frame=ICRS())
-        xyz = np.moveaxis(sc.transform_to(ITRS(obstime=t)).cartesian.xyz.value, 0, -1)
-        return xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
-
-
-def _icrs_pole_itrs(jd: np.ndarray) -> np.ndarray:
-    return _icrs_to_itrs(0.0, np.pi / 2, jd)
-
-
-def _itrs_to_icrs(vec: np.ndarray, jd: float) -> tuple[float, float]:
-    """ICRS (ra, dec) in radians of the ITRS *direction* ``vec`` at UTC JD ``jd``.
-
-    geometry.itrs_to_icrs is used when it inverts :func:`_icrs_to_itrs` to
-    1e-8 rad. As shipped it does not: it places the direction at a finite
-    distance (1e12 m), and the ICRS origin being the barycentre, that point
-    shows ~1 AU / 1e12 m ~ 8.5 deg of parallax. Then the same transform is
-    done here on a unit-sphere (infinitely distant) direction."""
-    from astropy.coordinates import ICRS, ITRS, CartesianRepresentation, SkyCoord, UnitSphericalRepresentation
-    from astropy.time import Time
-
-    t = Time(jd, format="jd", scale="utc")
-    vec = np.asarray(vec, dtype=float)
-    ra, dec = geometry.itrs_to_icrs(vec, t)
-    back = _icrs_to_itrs(ra, dec, np.array([jd]))[0]
-    if float(geometry.angular_separation(back, vec / np.linalg.norm(vec))) < 1e-8:
-        return ra, dec
-    rep = CartesianRepresentation(*vec).represent_as(UnitSphericalRepresentation)
-    sc = SkyCoord(ITRS(rep, obstime=t)).transform_to(ICRS())
-    ra, dec = float(sc.ra.rad), float(sc.dec.rad)
-    back = _icrs_to_itrs(ra, dec, np.array([jd]))[0]
-    err = float(geometry.angular_separation(back, vec / np.linalg.norm(vec)))
-    if err > 1e-8:  # pragma: no cover - would mean astropy itself is inconsistent
-        raise RuntimeError(f"ITRS->ICRS->ITRS round trip misses by {np.rad2deg(err) * 3600:.3g} arcsec")
-    return ra, dec
-
-
 @dataclass(frozen=True)
 class Rephasing:
     """Per-row quantities to move data phased at p0 (ITRS) to an ICRS centre."""
@@ -313,11 +263,14 @@ def compute_rephasing(
 
     Exposed so tests can check the MS against the UVH5 data independently of
     how the MS was written."""
+    from astropy.time import Time
+
     p0 = geometry.meridian_direction(pointing_dec_rad, lon_deg=longitude_deg)
-    ra0, dec0 = _itrs_to_icrs(p0, mid_jd)
+    ra0, dec0 = geometry.itrs_to_icrs(p0, Time(mid_jd, format="jd", scale="utc"))
     utimes, tidx = np.unique(times_jd, return_inverse=True)
-    p_new = _icrs_to_itrs(ra0, dec0, utimes)  # (Nt, 3)
-    pole = _icrs_pole_itrs(utimes)  # (Nt, 3)
+    t = Time(utimes, format="jd", scale="utc")
+    p_new = geometry.icrs_to_itrs(ra0, dec0, t)[:, 0, :]  # (Nt, 3)
+    pole = geometry.icrs_pole_itrs(t)  # (Nt, 3)
     basis = geometry.uvw_basis(p_new, pole)  # (Nt, 3, 3)
     row = {int(n): i for i, n in enumerate(antenna_numbers)}
     try:

@@ -8,9 +8,12 @@ directions with astropy, which applies precession, nutation and aberration;
 so simulating and converting with the same functions keeps every source at
 its true sky position.
 
-Sign convention (pyuvdata's, which ``write_ms`` maps to CASA's): baseline
-``b = x[ant2] - x[ant1]`` and a source in direction ``s`` contributes
-``S * exp(-2j*pi*nu/c * b.(s - p))`` for phase centre ``p``.
+Sign convention (pyuvdata's, which ``write_ms`` maps to CASA's by
+conjugating): baseline ``b = x[ant2] - x[ant1]`` and a source in direction
+``s`` contributes ``S * exp(+2j*pi*nu/c * b.(s - p))`` for phase centre ``p``.
+Checked against CASA: with this sign ``ft`` of the true sky model matches
+the converted data (with the opposite sign it matches its conjugate, i.e.
+every source mirrored through the phase centre).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from .instrument import SITE_HEIGHT_M, SITE_LAT_DEG, SITE_LON_DEG, SPEED_OF_LIGH
 iers.conf.auto_download = False
 iers.conf.iers_degraded_accuracy = "warn"
 iers.conf.auto_max_age = None
-PHASE_SIGN = -1.0
+PHASE_SIGN = +1.0
 
 
 def site_location() -> EarthLocation:

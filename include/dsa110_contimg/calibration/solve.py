@@ -217,7 +217,7 @@ def antennas_with_data(ms: Path) -> dict[int, int]:
     return counts
 
 
-def pick_refant(ms: Path, counts: dict[int, int] | None = None) -> str:
+def pick_refant(ms: Path, counts: dict[int, int] | None = None, label: str | None = None) -> str:
     """Name of the antenna with unflagged cross-correlation data nearest the array centre.
 
     ``counts`` (from :func:`antennas_with_data`) saves a pass over the MS.
@@ -243,11 +243,11 @@ def pick_refant(ms: Path, counts: dict[int, int] | None = None) -> str:
     dist = {a: float(np.linalg.norm(pos[a] - centre)) for a in candidates}
     ant = min(candidates, key=lambda a: (dist[a], a))
     log.info("%s: refant %s (index %d, %.1f m from the array centre, %d of %d antennas have data)",
-             ms.name, names[ant], ant, dist[ant], len(counts), len(names))
+             label or ms.name, names[ant], ant, dist[ant], len(counts), len(names))
     return str(names[ant])
 
 
-def _set_model(ms: Path, calibrator, basics: dict[str, Any], work: Path) -> None:
+def _set_model(ms: Path, calibrator, basics: dict[str, Any], work: Path, label: str | None = None) -> None:
     """MODEL_DATA = S(nu) * beam(t, nu) * (unit point source at the calibrator)."""
     ct = casa_env.casatools()
     cts = casa_env.casatasks()
@@ -289,7 +289,7 @@ def _set_model(ms: Path, calibrator, basics: dict[str, Any], work: Path) -> None
     finally:
         tb.done()
     log.info("%s: model %s, flux %.2f-%.2f Jy, beam %.3f-%.3f over %d integrations x %d channels",
-             ms.name, calibrator.name, flux.min(), flux.max(), beam.min(), beam.max(), times.size, freqs.size)
+             label or ms.name, calibrator.name, flux.min(), flux.max(), beam.min(), beam.max(), times.size, freqs.size)
 
 
 def _solution_stats(caltable: Path, ants: set[int]) -> tuple[int, int]:
@@ -357,11 +357,11 @@ def solve_calibration(ms: Path, calibrator, out_dir: Path, params: CalSolveParam
         shutil.copytree(ms, scratch, symlinks=True)
         cts = casa_env.casatasks()
         counts = antennas_with_data(scratch)
-        refant = params.refant or pick_refant(scratch, counts)
+        refant = params.refant or pick_refant(scratch, counts, label=ms.name)
         ants = set(counts)
         try:
             cts.flagdata(vis=str(scratch), mode="manual", autocorr=True, flagbackup=False)
-            _set_model(scratch, calibrator, basics, work)
+            _set_model(scratch, calibrator, basics, work, label=ms.name)
             btab = work / f"{name}.B"
             gtab = work / f"{name}.G"
             cts.bandpass(vis=str(scratch), caltable=str(btab), solint=params.bandpass_solint,
