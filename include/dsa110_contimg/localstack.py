@@ -87,6 +87,14 @@ class LocalAirflow:
         return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env(), check=check,
                               capture_output=True, text=True, timeout=timeout)
 
+    def list_runs(self, dag_id: str) -> list[dict]:
+        """The DAG's runs as the CLI reports them (warnings it prints are skipped)."""
+        out = self.airflow("dags", "list-runs", dag_id, "-o", "json").stdout
+        for line in out.splitlines():
+            if line.startswith("["):
+                return json.loads(line)
+        return []
+
     def prepare(self) -> None:
         """Create AIRFLOW_HOME, the UI password file and the metadata database."""
         self.home.mkdir(parents=True, exist_ok=True)

@@ -13,17 +13,18 @@ import json
 import logging
 import time
 from dataclasses import asdict, is_dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .config import PipelineConfig
-from .errors import ContimgError, NoCalibrationError
-from .registry import Registry, datetime_from_mjd, mjd_from_datetime
+from .errors import ContimgError
+from .registry import Registry, mjd_from_datetime
 
 log = logging.getLogger(__name__)
 
-GROUP_SPAN_S = 24 * 12.884902  # one file's duration; groups tile time
+GROUP_SPAN_S = 24 * 12.884902  # one full-size file's duration; groups tile time
+MOSAIC_NOISE_BOX = 96  # pixels per tile of the local noise estimate in mosaics
 
 
 def jsonable(obj: Any) -> Any:
@@ -51,12 +52,13 @@ def open_registry(url: str) -> Registry:
 
 # -- ingest -------------------------------------------------------------------
 def new_ready_groups(cfg: PipelineConfig, known: set[str], now: datetime | None = None) -> list[dict]:
-    """Complete (or timed-out semi-complete) groups in incoming not yet known."""
-    from .ingest import find_groups
+    """Ready groups in incoming not yet known: complete, timed-out semi-complete,
+    or settled-but-invalid (so their own run fails with a readable reason)."""
+    from .ingest import ready_groups
 
-    groups = find_groups(cfg.incoming_dir, now=now, tolerance_s=cfg.group_tolerance_s,
-                         timeout_s=cfg.group_timeout_s, min_subbands=cfg.min_subbands)
-    ready = [g for g in groups if g.status in ("complete", "semi-complete") and g.group_id not in known]
+    groups = ready_groups(cfg.incoming_dir, now=now, tolerance_s=cfg.group_tolerance_s,
+                          timeout_s=cfg.group_timeout_s, min_subbands=cfg.min_subbands)
+    ready = [g for g in groups if g.group_id not in known]
     return [{"group_id": g.group_id, "files": list(g.files), "status": g.status,
              "start_mjd": mjd_from_datetime(g.start)} for g in ready]
 
@@ -105,10 +107,16 @@ def apply_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
 
 
 def calibrator_group(cfg: PipelineConfig, reg: Registry, transit: datetime) -> dict | None:
-    """The converted group whose time span contains ``transit``, if any."""
+    """The converted group whose time span contains ``transit``, if any.
+
+    A group spans [start, start + 2 (mid - start)] (its integrations tile the
+    file symmetrically about the mid-time), whatever the preset's length."""
     t = mjd_from_datetime(transit)
-    for row in reg.groups_between(t - 2 * GROUP_SPAN_S / 86400, t + 1e-9):
-        if row["start_mjd"] <= t < row["start_mjd"] + GROUP_SPAN_S / 86400 and row["ms_path"]:
+    rows = [r for r in reg.groups_between(t - 2 * GROUP_SPAN_S / 86400, t + 1e-9)
+            if r["ms_path"] and r["mid_mjd"] is not None]
+    for row in sorted(rows, key=lambda r: r["start_mjd"], reverse=True):
+        end = row["start_mjd"] + 2 * (row["mid_mjd"] - row["start_mjd"]) + 1.0 / 86400
+        if row["start_mjd"] <= t <= end:
             return row
     return None
 
@@ -213,14 +221,19 @@ def crossmatch_step(cfg: PipelineConfig, reg: Registry, mosaic: dict) -> dict:
     from .crossmatch import crossmatch, find_sources
 
     fits = Path(mosaic["mosaic_fits"])
-    found = find_sources(fits, snr=cfg.detection_snr)
+    # Local (tiled) noise: a mosaic's noise rises towards its edges.
+    found = find_sources(fits, snr=cfg.detection_snr, box=MOSAIC_NOISE_BOX)
     ref = read_catalog(cfg.reference_catalog)
     out_csv = fits.with_name(fits.name.replace(".mosaic.fits", ".sources.csv"))
     res = crossmatch(found, ref, radius_arcsec=cfg.crossmatch_radius_arcsec,
                      image_freq_hz=_fits_freq(fits), out_csv=out_csv)
-    rows = [{"ra_deg": m.ra_deg, "dec_deg": m.dec_deg, "flux_jy": m.flux_jy, "flux_err_jy": m.flux_err_jy,
-             "ref_name": m.ref_name, "ref_flux_jy": m.ref_flux_jy, "offset_arcsec": m.offset_arcsec}
-            for m in res.rows]
+    by_index = {m.index: m for m in res.matches}
+    rows = []
+    for i, d in enumerate(found):
+        m = by_index.get(i)
+        rows.append({"ra_deg": d.ra_deg, "dec_deg": d.dec_deg, "flux_jy": d.flux_jy, "flux_err_jy": d.rms_jy,
+                     "ref_name": m.name if m else None, "ref_flux_jy": m.expected_flux_jy if m else None,
+                     "offset_arcsec": m.offset_arcsec if m else None})
     reg.record_sources(mosaic["product_id"], rows)
     cid = reg.register_product("catalog", mosaic["window"], str(out_csv), window=mosaic["window"],
                                qa_status="good", metrics=_summary_of(res))
@@ -325,8 +338,3 @@ def _summary_of(res) -> dict:
             "median_flux_ratio": res.median_flux_ratio, "median_offset_arcsec": res.median_offset_arcsec}
 
 
-def transit_window(transit: datetime) -> tuple[datetime, datetime]:
-    return transit - timedelta(seconds=GROUP_SPAN_S), transit + timedelta(seconds=GROUP_SPAN_S)
-
-
-__all__ = ["NoCalibrationError", "datetime_from_mjd"]

@@ -9,7 +9,6 @@ correction the source must read 1 Jy again."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from pathlib import Path

@@ -6,7 +6,6 @@ api-server), lets the ingest sensor find the groups, and asserts on the
 products against the simulator's truth."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from datetime import date, timedelta
@@ -57,8 +56,7 @@ def run(tmp_path_factory):
                 if s["groups_processed"] + s["groups_failed"] >= N_GROUPS and s["mosaics_published"] >= 1:
                     break
             time.sleep(10)
-        runs = {d: json.loads(stack.airflow("dags", "list-runs", d, "-o", "json").stdout or "[]")
-                for d in ("ingest", "group", "bandpass", "mosaic")}
+        runs = {d: stack.list_runs(d) for d in ("ingest", "group", "bandpass", "mosaic")}
     finally:
         stack.stop()
     reg = open_registry(f"sqlite:///{stack.registry_db}")
@@ -126,7 +124,7 @@ def test_brightest_source_flux_after_pbcor(run):
         data = np.squeeze(hdul[0].data)
         wcs = WCS(hdul[0].header).celestial
         freq = float(image["metrics"]["freq_hz"])
-    x, y = wcs.world_to_pixel_values(cal.ra_deg, cal.dec_deg)
+    x, y = (float(v) for v in wcs.world_to_pixel_values(cal.ra_deg, cal.dec_deg))
     cell = abs(wcs.wcs.cdelt[0]) * 3600
     r = int(math.ceil(60.0 / cell))
     box = data[int(round(y)) - r:int(round(y)) + r + 1, int(round(x)) - r:int(round(x)) + r + 1]

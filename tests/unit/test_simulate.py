@@ -5,7 +5,6 @@ import math
 import re
 import warnings
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import h5py
 import numpy as np

@@ -34,7 +34,7 @@ class ImagingParams:
     imsize: int | None = None
     cell_arcsec: float | None = None
     fov_deg: float = 3.5
-    oversample: float = 5.0
+    oversample: float = 8.0  # N-S arm + robust 0 give a minor axis ~0.45 lambda/B: keep >= 3.5 px per beam
     weighting: str = "briggs"
     robust: float = 0.0
     niter: int = 1000
