@@ -28,7 +28,7 @@ def cmd_simulate(a, cfg):
     out = Path(a.out or cfg.incoming_dir)
     res = simulate_session(out, a.preset, start, a.groups, a.dec, seed=a.seed, calibrator=a.calibrator,
                            catalog_path=Path(a.catalog) if a.catalog else None)
-    return {"files": len(res.files), "groups": [str(g) for g in res.group_starts], "catalog": res.catalog_path,
+    return {"files": len(res.files), "groups": [str(g) for g in res.group_timestamps], "catalog": res.catalog_path,
             "truth": res.truth_path, "n_sources": res.n_sources}
 
 

@@ -266,11 +266,12 @@ class Registry:
     def record_sources(self, product_id: int, rows: Iterable[dict]) -> int:
         """Replace the source list of a product; return the number of rows."""
         s = self.t["sources"]
-        rows = list(rows)
+        cols = [c.name for c in s.columns if c.name not in ("id", "product_id")]
+        rows = [{**{c: r.get(c) for c in cols}, "product_id": product_id} for r in rows]
         with self.engine.begin() as conn:
             conn.execute(s.delete().where(s.c.product_id == product_id))
             if rows:
-                conn.execute(s.insert(), [dict(product_id=product_id, **r) for r in rows])
+                conn.execute(s.insert(), rows)
         return len(rows)
 
     def sources(self, product_id: int | None = None) -> list[dict]:
