@@ -60,7 +60,19 @@ def new_ready_groups(cfg: PipelineConfig, known: set[str], now: datetime | None 
                           timeout_s=cfg.group_timeout_s, min_subbands=cfg.min_subbands)
     ready = [g for g in groups if g.group_id not in known]
     return [{"group_id": g.group_id, "files": list(g.files), "status": g.status,
-             "start_mjd": mjd_from_datetime(g.start)} for g in ready]
+             "start_mjd": _nominal_start_mjd(g)} for g in ready]
+
+
+def _nominal_start_mjd(group) -> float:
+    """The median of the subband files' timestamps.
+
+    The group id is the earliest timestamp, but the correlator's per-subband
+    jitter goes both ways; the median is the robust observation start, and it
+    decides which mosaic window the group belongs to."""
+    from .ingest import parse_subband_name
+
+    times = sorted(mjd_from_datetime(parse_subband_name(f)[0]) for f in group.files)
+    return times[len(times) // 2] if times else mjd_from_datetime(group.start)
 
 
 def record_groups(reg: Registry, groups: list[dict]) -> list[str]:
@@ -109,16 +121,15 @@ def apply_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
 def calibrator_group(cfg: PipelineConfig, reg: Registry, transit: datetime) -> dict | None:
     """The converted group whose time span contains ``transit``, if any.
 
-    A group spans [start, start + 2 (mid - start)] (its integrations tile the
-    file symmetrically about the mid-time), whatever the preset's length."""
+    A group spans about mid +- (mid - start) whatever the preset's length; the
+    start is the median file timestamp, so allow the +-60 s grouping tolerance
+    and pick the group whose mid-time is nearest the transit."""
     t = mjd_from_datetime(transit)
-    rows = [r for r in reg.groups_between(t - 2 * GROUP_SPAN_S / 86400, t + 1e-9)
-            if r["ms_path"] and r["mid_mjd"] is not None]
-    for row in sorted(rows, key=lambda r: r["start_mjd"], reverse=True):
-        end = row["start_mjd"] + 2 * (row["mid_mjd"] - row["start_mjd"]) + 1.0 / 86400
-        if row["start_mjd"] <= t <= end:
-            return row
-    return None
+    tol = cfg.group_tolerance_s / 86400
+    rows = [r for r in reg.groups_between(t - 2 * GROUP_SPAN_S / 86400 - tol, t + tol)
+            if r["ms_path"] and r["mid_mjd"] is not None
+            and abs(t - r["mid_mjd"]) <= abs(r["mid_mjd"] - r["start_mjd"]) + tol]
+    return min(rows, key=lambda r: abs(t - r["mid_mjd"])) if rows else None
 
 
 def solve_step(cfg: PipelineConfig, reg: Registry, transit: datetime, params: dict | None = None) -> dict:
