@@ -61,6 +61,8 @@ def main() -> int:
     log(f"Airflow started: UI {stack.url} (login admin / admin)")
     result: dict = {}
     try:
+        stack.unpause()
+        log("DAGs ingest, group, bandpass, mosaic unpaused; the ingest sensor is watching the incoming directory")
         result = wait_for_products(stack, N_GROUPS, t0)
         result["wall_s"] = round(time.monotonic() - t0, 1)
         report(result, stack, data)

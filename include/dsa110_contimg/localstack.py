@@ -95,6 +95,40 @@ class LocalAirflow:
                 return json.loads(line)
         return []
 
+    def unpause(self, dag_ids: tuple[str, ...] = ("ingest", "group", "bandpass", "mosaic"),
+                timeout_s: float = 300) -> None:
+        """Unpause the DAGs once the dag-processor has registered them (a rerun
+        may find them paused by an operator)."""
+        deadline = time.monotonic() + timeout_s
+        pending = list(dag_ids)
+        while pending:
+            self.check_alive()
+            dag_id = pending[0]
+            if self.airflow("dags", "unpause", dag_id, "-y", check=False).returncode == 0:
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"DAG {dag_id} was not registered within {timeout_s:.0f} s; "
+                                   f"see {self.home / 'dag-processor.out'}")
+            time.sleep(3)
+
+    def api_token(self, user: str = "admin", password: str = "admin") -> str:
+        """Log in to the api-server as a person would; returns the access token."""
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.url}/auth/token", method="POST",
+                                     data=json.dumps({"username": user, "password": password}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())["access_token"]
+
+    def api_get(self, path: str, token: str) -> dict:
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
     def prepare(self) -> None:
         """Create AIRFLOW_HOME, the UI password file and the metadata database."""
         self.home.mkdir(parents=True, exist_ok=True)

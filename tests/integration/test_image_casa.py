@@ -113,7 +113,17 @@ def make_point_source_ms(ms: Path, with_keyword: bool = True) -> Path:
 
 @pytest.fixture(scope="module")
 def point_ms(tmp_path_factory) -> Path:
-    return make_point_source_ms(tmp_path_factory.mktemp("sim") / "point.ms")
+    # casatools' simulator can spin forever in setdata when other CASA tools
+    # already ran in this process (seen after tclean in earlier tests), so
+    # the MS is made in a fresh interpreter.
+    import multiprocessing
+
+    ms = tmp_path_factory.mktemp("sim") / "point.ms"
+    proc = multiprocessing.get_context("spawn").Process(target=make_point_source_ms, args=(ms,))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == 0, f"simulating {ms} failed (exit {proc.exitcode})"
+    return ms
 
 
 BACKENDS = ["tclean", pytest.param("wsclean", marks=pytest.mark.skipif(

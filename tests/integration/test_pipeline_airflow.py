@@ -48,6 +48,7 @@ def run(tmp_path_factory):
     stack.start()
     t0 = time.monotonic()
     try:
+        stack.unpause()
         s = {}
         while time.monotonic() - t0 < TIMEOUT_S:
             stack.check_alive()
@@ -57,10 +58,12 @@ def run(tmp_path_factory):
                     break
             time.sleep(10)
         runs = {d: stack.list_runs(d) for d in ("ingest", "group", "bandpass", "mosaic")}
+        token = stack.api_token("admin", "admin")  # the README's login
+        api_dags = stack.api_get("/api/v2/dags", token)
     finally:
         stack.stop()
     reg = open_registry(f"sqlite:///{stack.registry_db}")
-    return {"sim": sim, "stack": stack, "summary": s, "reg": reg, "runs": runs, "data": data, "transit": transit,
+    return {"sim": sim, "stack": stack, "summary": s, "reg": reg, "runs": runs, "api_dags": api_dags, "data": data, "transit": transit,
             "wall_s": time.monotonic() - t0}
 
 
@@ -73,6 +76,12 @@ def test_every_group_processed_through_airflow(run):
     assert {r["state"] for r in group_runs} == {"success"}
     assert all(r["run_id"].startswith("group__") for r in group_runs)
     assert [r["state"] for r in run["runs"]["bandpass"]] == ["success"]
+
+
+def test_ui_login_shows_the_dags_unpaused(run):
+    dags = {d["dag_id"]: d for d in run["api_dags"]["dags"]}
+    assert set(dags) == {"ingest", "group", "bandpass", "mosaic"}
+    assert not any(d["is_paused"] for d in dags.values())
 
 
 def test_measurement_set_has_expected_layout(run):
