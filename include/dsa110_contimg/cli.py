@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import PipelineConfig
 from .errors import ContimgError
-from .pipeline import jsonable
+from .results import jsonable
 
 
 def _dt(s: str) -> datetime:

@@ -15,13 +15,14 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import MosaicError
+from .results import jsonable
 from .imaging.fitsutil import beam_deg, image_frequency, read_image_2d, write_fits_atomic
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,7 @@ class MosaicResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, Path):
-                d[k] = str(v)
-            elif isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return jsonable(self)
 
 
 def _check_inputs(pbcor_fits, pb_fits, rms):

@@ -12,36 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from .config import PipelineConfig
 from .errors import ContimgError
 from .registry import Registry, mjd_from_datetime
+from .results import jsonable
 
 log = logging.getLogger(__name__)
 
 GROUP_SPAN_S = 24 * 12.884902  # one full-size file's duration; groups tile time
 MOSAIC_NOISE_BOX = 96  # pixels per tile of the local noise estimate in mosaics
-
-
-def jsonable(obj: Any) -> Any:
-    """Dataclasses/Paths/tuples -> plain JSON types (for XCom and the CLI)."""
-    if is_dataclass(obj):
-        obj = asdict(obj)
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
-    return obj
 
 
 def open_registry(url: str) -> Registry:

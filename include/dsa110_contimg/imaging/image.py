@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import casa_env
 from ..errors import ImagingError
+from ..results import jsonable
 from ..instrument import SPEED_OF_LIGHT
 from .beam import drift_beam_for_ms
 from .fitsutil import beam_deg, celestial_header, read_image_2d, robust_rms, write_fits_atomic
@@ -63,13 +64,7 @@ class ImageResult:
     log_path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, Path):
-                d[k] = str(v)
-            elif isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return jsonable(self)
 
 
 # --------------------------------------------------------------------------
