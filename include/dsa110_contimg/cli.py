@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     except ContimgError as exc:
         print(json.dumps({"error": type(exc).__name__, "path": exc.path, "reason": exc.reason}), file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user named does not exist or cannot be read
+        print(json.dumps({"error": type(exc).__name__, "path": exc.filename, "reason": exc.strerror}),
+              file=sys.stderr)
+        return 2
     print(json.dumps(jsonable(result), indent=None, default=str))
     return 0
 

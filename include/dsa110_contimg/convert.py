@@ -347,6 +347,13 @@ def _put_keywords(ms: Path, keywords: dict) -> None:
             t.putkeyword(k, v)
     finally:
         t.close()
+    # The dishes steer in elevation on a fixed azimuth: an alt-az mount as
+    # far as CASA is concerned (it warns per row for a mount it cannot model).
+    ant = tables.table(str(ms / "ANTENNA"), readonly=False, ack=False)
+    try:
+        ant.putcol("MOUNT", ["ALT-AZ"] * ant.nrows())
+    finally:
+        ant.close()
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:

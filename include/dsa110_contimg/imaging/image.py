@@ -222,8 +222,8 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
     imager fails (the reason carries the tail of the imager's log), or the
     image has no restoring beam."""
     t0 = time.monotonic()
-    ms = Path(ms)
-    out_dir = Path(out_dir)
+    ms = Path(ms).resolve()  # the imagers run in a work directory of their own
+    out_dir = Path(out_dir).resolve()
     params = params or ImagingParams()
     name = name or default_name(ms)
     backend = params.resolved_backend()
