@@ -32,13 +32,12 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import geometry
+from . import geometry, ms_writer
 from .errors import BadFileNameError, CorruptSubbandError, IncompleteGroupError
 from .ingest import format_group_id, parse_subband_name
 from .instrument import N_SUBBANDS
@@ -168,6 +167,8 @@ def _read_header(path: Path, subband: int) -> _Header:
                 uvw=np.asarray(h["uvw_array"][()], dtype=float),
             )
             shape = f["Data"]["visdata"].shape
+            for k in ("visdata", "flags", "nsamples"):
+                _check_extent(path, size, k, f["Data"][k])
     except CorruptSubbandError:
         raise
     except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
@@ -182,6 +183,20 @@ def _read_header(path: Path, subband: int) -> _Header:
     if abs(hdr.ha_phase_center) > 1e-9:
         raise CorruptSubbandError(path, f"ha_phase_center is {hdr.ha_phase_center}, expected 0 (meridian phasing)")
     return hdr
+
+
+def _check_extent(path: Path, size: int, name: str, dset) -> None:
+    """A contiguous dataset must end inside the file: catches truncated files
+    before any output is written (chunked datasets fail when read instead)."""
+    try:
+        offset = dset.id.get_offset()
+        nbytes = dset.id.get_storage_size()
+    except Exception:  # pragma: no cover - not every layout reports an offset
+        return
+    if offset is not None and offset + nbytes > size:
+        raise CorruptSubbandError(
+            path, f"truncated file: /Data/{name} ends at byte {offset + nbytes} but the file has {size} bytes"
+        )
 
 
 def _check_same(ref: _Header, h: _Header) -> None:
@@ -214,23 +229,6 @@ def _check_same(ref: _Header, h: _Header) -> None:
         or abs(h.altitude_m - ref.altitude_m) > 1e-3
     ):
         bad("telescope location differs")
-
-
-def _read_data(h: _Header):
-    """(visdata, flags, nsamples) of one file, each (Nblts, Nfreq, Npol)."""
-    import h5py
-
-    try:
-        with h5py.File(h.path, "r") as f:
-            d = f["Data"]
-            vis = d["visdata"][:, 0, :, :]
-            flags = d["flags"][:, 0, :, :]
-            nsamples = d["nsamples"][:, 0, :, :]
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CorruptSubbandError(h.path, f"cannot read visibilities (truncated or damaged file?): {exc}") from exc
-    if vis.dtype.kind != "c":
-        raise CorruptSubbandError(h.path, f"/Data/visdata has dtype {vis.dtype}, expected complex")
-    return vis, flags, nsamples
 
 
 # --------------------------------------------------------------------------
@@ -307,8 +305,9 @@ def _resolve_subbands(files: list[Path]) -> dict[int, Path]:
     return {sb: ps[0] for sb, ps in sorted(by_sb.items())}
 
 
-def _build_uvdata(ref: _Header, group_id, freqs, chw, vis, flags, nsamples, reph: Rephasing):
-    """A pyuvdata UVData with one sidereal ICRS phase centre holding our arrays."""
+def _metadata_uvdata(ref: _Header, group_id: str, freqs: np.ndarray, chw: float, reph: Rephasing):
+    """A metadata-only pyuvdata UVData (one sidereal ICRS phase centre, the full
+    band in one spectral window) from which the MS subtables are written."""
     from pyuvdata import UVData
 
     uv = UVData.from_file(str(ref.path), file_type="uvh5", read_data=False, run_check=False)
@@ -318,9 +317,6 @@ def _build_uvdata(ref: _Header, group_id, freqs, chw, vis, flags, nsamples, reph
     uv.freq_array = freqs.astype(float)
     uv.channel_width = np.full(freqs.size, chw, dtype=float)
     uv.flex_spw_id_array = np.zeros(freqs.size, dtype=int)
-    uv.data_array = vis
-    uv.flag_array = flags
-    uv.nsample_array = nsamples
     uv.uvw_array = reph.uvw
     uv.phase_center_catalog = {}
     cat_id = uv._add_phase_center(
@@ -331,7 +327,7 @@ def _build_uvdata(ref: _Header, group_id, freqs, chw, vis, flags, nsamples, reph
     uv._set_app_coords_helper()
     uv.extra_keywords = {}
     uv.history = (uv.history or "") + (
-        f"\ndsa110_contimg.convert: group {group_id}; {len(vis)} rows rephased from HA=0 at apparent dec "
+        f"\ndsa110_contimg.convert: group {group_id}; {uv.Nblts} rows rephased from HA=0 at apparent dec "
         f"{np.rad2deg(ref.pointing_dec_rad):.6f} deg to ICRS ({np.rad2deg(reph.ra0):.6f}, "
         f"{np.rad2deg(reph.dec0):.6f}) deg.\n"
     )
@@ -379,6 +375,7 @@ def convert_group(
     out_dir: Path,
     group_id: str | None = None,
     min_subbands: int = 12,
+    workers: int | None = None,
 ) -> ConvertResult:
     """Convert one subband group to ``out_dir/<group_id>.ms``.
 
@@ -387,7 +384,10 @@ def convert_group(
     naming the file for unreadable/truncated/zero-length files, names that do
     not parse, duplicate subbands and files that disagree with the rest of the
     group (pointing, antennas, channels, time grid); IncompleteGroupError when
-    fewer than ``min_subbands`` subbands are present."""
+    fewer than ``min_subbands`` subbands are present.
+
+    ``workers``: processes that read and rotate subband data while this one
+    writes the MS (0: all in this process; default: up to 2 for large groups)."""
     t_start = time.perf_counter()
     files = [Path(p) for p in files]
     out_dir = Path(out_dir)
@@ -429,18 +429,6 @@ def convert_group(
         freqs[lo : lo + nchan] = (ref.freqs - (k - ref.subband) * sb_width)[::-1]
 
     nblts, npol = ref.nblts, ref.npols
-    vis = np.zeros((nblts, nout, npol), dtype=np.complex64)
-    flags = np.ones((nblts, nout, npol), dtype=bool)
-    nsamples = np.zeros((nblts, nout, npol), dtype=np.float32)
-    for sb, h in headers.items():
-        v, fl, ns = _read_data(h)
-        lo = (N_SUBBANDS - 1 - sb) * nchan
-        vis[:, lo : lo + nchan] = v[:, ::-1]
-        flags[:, lo : lo + nchan] = fl[:, ::-1]
-        nsamples[:, lo : lo + nchan] = ns[:, ::-1]
-        del v, fl, ns
-    t_read = time.perf_counter() - t_start
-
     half = 0.5 * ref.integration_time / 86400.0
     start_jd = float(np.min(ref.times_jd - half))
     end_jd = float(np.max(ref.times_jd + half))
@@ -459,24 +447,37 @@ def convert_group(
             "convert %s: file w differs from b.p0 by up to %.3f m: data may not be phased to HA=0 at dec %.4f",
             group_id, w_err, np.rad2deg(ref.pointing_dec_rad),
         )  # fmt: skip
-    chunk = max(1, int(2**24 // max(nout, 1)))
-    for lo in range(0, nblts, chunk):
-        sl = slice(lo, lo + chunk)
-        vis[sl] *= geometry.phase_factor(reph.dpath[sl], freqs).astype(np.complex64)[:, :, None]
-    t_phase = time.perf_counter() - t_start - t_read
+    uv = _metadata_uvdata(ref, group_id, freqs, chw, reph)
+    pol_order = _casa_pol_order(ref.pols)
+    plan = ms_writer.BlockPlan(
+        files={sb: str(h.path) for sb, h in headers.items()},
+        n_subbands=N_SUBBANDS,
+        nchan=nchan,
+        npol=npol,
+        pol_order=tuple(int(i) for i in pol_order),
+        nrows=int(nblts),
+        dpath=reph.dpath,
+        sb_freq0={sb: float(ref.freqs[0] - (sb - ref.subband) * sb_width) for sb in headers},
+        chan_offsets=ref.freqs - ref.freqs[0],
+        phase_sign=float(geometry.PHASE_SIGN),
+        rows_per_block=ms_writer.rows_per_block(nout, npol, int(nblts)),
+    )
+    if workers is None:
+        # Worker processes pay off once a group is large (process start ~0.5 s).
+        big = nblts * nout * npol * 8 > 2 * ms_writer.BLOCK_BYTES
+        workers = min(2, os.cpu_count() or 1) if big else 0
+    t_prep = time.perf_counter() - t_start
 
-    uv = _build_uvdata(ref, group_id, freqs, chw, vis, flags, nsamples, reph)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{group_id}.ms"
-    tmp = out_dir / f"{group_id}.ms.tmp-{os.getpid()}"
+    _remove_stale_tmp(out_dir, group_id)
+    tmp = out_dir / f"{group_id}{_TMP_INFIX}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    n_flagged = 0
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            uv.write_ms(str(tmp), fix_autos=True, run_check=True, strict_uvw_antpos_check=False, clobber=True)
-        for w in caught:
-            log.info("convert %s: pyuvdata: %s", group_id, str(w.message).splitlines()[0])
+        n_flagged = _write_ms(tmp, plan, workers, ref, reph, uv, pol_order, group_id)
+        t_write = time.perf_counter() - t_start - t_prep
         _put_keywords(
             tmp,
             {
@@ -509,9 +510,91 @@ def convert_group(
     )
     log.info(
         "convert %s: %d subbands (missing %s), %d rows x %d channels x %d pols, %d antennas, %d times, "
-        "%.1f%% flagged; phase centre ICRS (%.5f, %+.5f) deg; read %.1f s, rephase %.1f s, total %.1f s -> %s",
+        "%.1f%% flagged; phase centre ICRS (%.5f, %+.5f) deg; headers+geometry %.1f s, read/rotate/write %.1f s "
+        "(%d worker processes), total %.1f s -> %s",
         group_id, len(headers), ",".join(f"sb{s:02d}" for s in missing) or "none", nblts, nout, npol, n_ants,
-        result.n_times, 100.0 * flags.mean(), result.phase_center_ra_deg, result.phase_center_dec_deg,
-        t_read, t_phase, seconds, final,
+        result.n_times, 100.0 * n_flagged / max(1, nblts * nout * npol), result.phase_center_ra_deg,
+        result.phase_center_dec_deg, t_prep, t_write, workers, seconds, final,
     )  # fmt: skip
     return result
+
+
+def _casa_pol_order(pols: np.ndarray) -> np.ndarray:
+    from pyuvdata import utils as uvutils
+
+    return np.asarray(uvutils.pol.determine_pol_order(pols, order="CASA"), dtype=int)
+
+
+def _write_ms(tmp: Path, plan, workers: int, ref: _Header, reph: Rephasing, uv, pol_order, group_id: str) -> int:
+    """Create the MS at ``tmp`` and fill it block by block; returns the number of flagged samples."""
+    from astropy.time import Time
+
+    ms = ms_writer.create_ms(tmp, plan.nrows, plan.nout, plan.npol, vis_units=str(uv.vis_units))
+    n_flagged = 0
+    try:
+        utimes, tidx = np.unique(ref.times_jd, return_inverse=True)
+        time_s = (Time(utimes, format="jd", scale="utc").mjd * 86400.0)[tidx]
+        nrows = plan.nrows
+        ms.putcol("ANTENNA1", ref.ant1.astype(np.int32))
+        ms.putcol("ANTENNA2", ref.ant2.astype(np.int32))
+        ms.putcol("INTERVAL", ref.integration_time)
+        ms.putcol("EXPOSURE", ref.integration_time)
+        ms.putcol("TIME", time_s)
+        ms.putcol("TIME_CENTROID", time_s)
+        ms.putcol("UVW", -reph.uvw)  # CASA's baseline convention (as pyuvdata's write_ms)
+        zeros = np.zeros(nrows, dtype=np.int32)
+        for col in ("DATA_DESC_ID", "FIELD_ID", "ARRAY_ID", "OBSERVATION_ID", "PROCESSOR_ID", "STATE_ID",
+                    "FEED1", "FEED2"):  # fmt: skip
+            ms.putcol(col, zeros)
+        ms.putcol("SCAN_NUMBER", np.ones(nrows, dtype=np.int32))
+        ms.putkeyword("pyuvdata_flip_conj", True)
+        flag_row = np.zeros(nrows, dtype=bool)
+        done = 0
+        for r0, r1, vis, flags, nsamples, weight in ms_writer.BlockProducer(plan, workers):
+            n = r1 - r0
+            ms.putcol("DATA", vis, startrow=r0, nrow=n)
+            ms.putcol("FLAG", flags, startrow=r0, nrow=n)
+            ms.putcol("WEIGHT_SPECTRUM", nsamples, startrow=r0, nrow=n)
+            ms.putcol("WEIGHT", weight, startrow=r0, nrow=n)
+            sigma = np.zeros_like(weight)
+            np.power(weight, -0.5, where=weight > 0, out=sigma)
+            ms.putcol("SIGMA", sigma, startrow=r0, nrow=n)
+            fl = flags.reshape(n, -1)
+            flag_row[r0:r1] = fl.all(axis=1)
+            n_flagged += int(np.count_nonzero(fl))
+            done += n
+            log.debug("convert %s: %d/%d rows written", group_id, done, nrows)
+        ms.putcol("FLAG_ROW", flag_row)
+    except ms_writer.BlockError as exc:
+        raise CorruptSubbandError(exc.path, exc.reason) from None
+    finally:
+        ms.close()
+    ms_writer.write_subtables(tmp, uv, pol_order)
+    return n_flagged
+
+
+_TMP_INFIX = ".ms.tmp-"
+
+
+def _remove_stale_tmp(out_dir: Path, group_id: str) -> None:
+    """Delete ``<group_id>.ms.tmp-<pid>`` left by a conversion that was killed
+    (its process no longer exists); a live one is left alone."""
+    for p in out_dir.glob(f"{group_id}{_TMP_INFIX}*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        log.warning("convert %s: removing %s left by a killed conversion (pid %d)", group_id, p, pid)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

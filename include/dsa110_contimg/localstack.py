@@ -25,6 +25,7 @@ def free_port(preferred: int = 8080) -> int:
     """``preferred`` if nothing listens there, else any free port."""
     for port in (preferred, 0):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is fine
             try:
                 s.bind(("127.0.0.1", port))
                 return s.getsockname()[1]
