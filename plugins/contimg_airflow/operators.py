@@ -147,7 +147,7 @@ class WindowImagesSensor(BaseSensorOperator):
         super().__init__(**kwargs)
 
     def poke(self, context) -> PokeReturnValue:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from dsa110_contimg.pipeline import window_state
 

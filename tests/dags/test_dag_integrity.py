@@ -81,6 +81,7 @@ AIRFLOW2_PATTERNS = [
     r"from airflow\.operators\.", r"from airflow\.sensors\.", r"from airflow\.decorators",
     r"from airflow\.models\.dag import", r"from airflow\.models import DAG", r"schedule_interval\s*=",
     r"from airflow\.hooks\.base", r"from airflow\.models\.baseoperator",
+    r"from airflow\.exceptions import .*AirflowSkipException",  # moved to airflow.sdk.exceptions in 3.x
 ]
 
 
