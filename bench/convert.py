@@ -3,35 +3,50 @@
     .venv/bin/python bench/convert.py --preset full --json
 
 One simulated group (cached in ``/tmp/contimg-bench-<preset>``; simulated once
-if absent, ~5 min for ``full``) is converted three ways in one run, each from
-a warm page cache and after a ``sync`` so earlier writes do not slow it:
+if absent, ~5 min for ``full``) is converted three ways in one run. Each
+method runs ``--repeat`` times (default 3; the median counts), each run from a
+warm page cache for the inputs and after a ``sync``, so earlier writes do not
+slow it:
 
 (a) baseline, the seed system's method: per subband, pyuvdata reads the UVH5
     file, the same rotation to the same ICRS phase centre is applied (so both
     do the same science), ``UVData.write_ms`` writes a one-subband MS; then
-    ``casatasks.concat`` joins the 16 MSs;
-(b) ours: ``dsa110_contimg.convert.convert_group`` (h5py reads in worker
-    processes, numpy rotation, python-casacore ``putcol`` in row blocks);
+    ``casatasks.concat`` joins the 16 MSs. Run in a fresh Python process;
+(b) ours: ``dsa110_contimg.convert.convert_group`` in a fresh Python process
+    (as an Airflow task runs it: imports, JIT and worker start-up included);
 (c) the I/O floor: a plain copy of the input files plus writing as many bytes
-    as our MS occupies.
+    as our MS occupies (in this process, 64 MB writes).
 
 The last line of output is JSON with ``baseline_s``, ``ours_s``,
 ``io_floor_s``, ``speedup`` (baseline/ours) and ``vs_floor`` (ours/floor).
 
-What bounds ours (2 cores): the work is a stream of ~2.2 GB in and ~2.1 GB
-out. Two worker processes read the subband rows (h5py, memory copies out of
-the page cache), rotate them (one complex multiply per sample; the phase
-table is built per row block from 1/16 of the complex exponentials by
-factoring exp(i a f) = exp(i a f0(sb)) exp(i a (f - f0))) and put them into
-shared memory; the parent only calls casacore ``putcol``, which copies each
-block into tiles and hands them to the kernel. The parent's copy into the
-tiled storage manager is single threaded and cannot overlap with itself, so
-with both cores busy the remaining time is memory bandwidth: every sample is
-copied h5py->numpy, rotated into shared memory, copied into casacore's tile
-cache and then into the page cache, about four passes over the data where the
-floor makes two. Fixed costs are the header reads, the astropy geometry
-(~1 s) and the subtables written with pyuvdata's writers (POINTING has
-Ntimes x 117 rows).
+Where ours spends its time (full preset: 111744 rows x 768 channels x 2
+pols, 2.32 GB in, 2.09 GB out; 2 cores; measured 2026-11: ours 3.8 s, the
+baseline 28.6 s, the floor 2.3-4.1 s; ours uses ~7 s of CPU in 3.8 s, so it
+is CPU-bound on both cores):
+
+- two spawned worker processes read each row block of all 16 subbands with
+  h5py and rotate it (phases in float64 from one complex exponential table per
+  block and subband, product in complex64) into shared memory: ~2 s of CPU,
+  nearly all of it memory copies (h5py out of the page cache, the channel
+  reversal, flags and weights);
+- this process copies the blocks into casacore's tiled storage managers
+  (``putcol``, ~1 s, single threaded: one writer per table) and computes the
+  geometry with astropy (~0.05 s once the IERS table is cached, see
+  ``dsa110_contimg.iers_cache``; parsing it costs ~1 s per fresh process);
+- a third process writes the subtables with pyuvdata's MS subtable writers
+  (~1.5 s of CPU, mostly importing pyuvdata/astropy and reading the header),
+  overlapping the rest;
+- ~0.5 s is interpreter start-up and exit of the four processes.
+
+So what bounds the rest is memory bandwidth and the single casacore writer:
+each sample is copied out of the page cache by h5py, rotated into shared
+memory, copied into casacore's tiles and then into the page cache, against
+one read and one write per byte for the floor. The floor itself is dominated
+by kernel writeback (it writes 4.4 GB: the input copy plus the output), so it
+varies between ~2 and ~4 s with the disk; ours writes half as much. Left to
+gain: the ~1.5 s of CPU spent in pyuvdata for the subtables (they could be
+written with casacore directly).
 """
 from __future__ import annotations
 
@@ -43,13 +58,13 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 DEC_DEG = 54.6
 SEED = 1
 
@@ -60,12 +75,12 @@ def cached_group(preset: str, cache: Path) -> list[Path]:
     from dsa110_contimg.simulate import simulate_session
 
     incoming = cache / "incoming"
-    groups = [g for g in find_groups(incoming, now=datetime.now(timezone.utc) + timedelta(days=1))
+    groups = [g for g in find_groups(incoming, now=datetime.now(UTC) + timedelta(days=1))
               if g.status == "complete"]  # fmt: skip
     if not groups:
         print(f"simulating one {preset} group into {incoming} (cached for later runs) ...", flush=True)
         simulate_session(incoming, preset, START, 1, DEC_DEG, seed=SEED)
-        groups = [g for g in find_groups(incoming, now=datetime.now(timezone.utc) + timedelta(days=1))
+        groups = [g for g in find_groups(incoming, now=datetime.now(UTC) + timedelta(days=1))
                   if g.status == "complete"]  # fmt: skip
     return [Path(p) for p in groups[0].files]
 
@@ -88,10 +103,9 @@ def warm(files: list[Path]) -> None:
 
 def run_baseline(files: list[Path], work: Path) -> float:
     import numpy as np
-    from pyuvdata import UVData
-
     from dsa110_contimg import casa_env, geometry
     from dsa110_contimg.convert import _read_header, compute_rephasing
+    from pyuvdata import UVData
 
     cts = casa_env.casatasks()
     ref = _read_header(files[0], 0)
@@ -142,18 +156,54 @@ def run_floor(files: list[Path], work: Path, out_bytes: int) -> float:
     return time.perf_counter() - t0
 
 
+def run_fresh(method: str, files: list[Path], work: Path) -> tuple[float, dict]:
+    """Run one method in a fresh Python process (as an Airflow task would:
+    imports, CASA start-up and JIT compilation included) and time it."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", method, "--work", str(work),
+           "--files", *map(str, files)]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
+    return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_one(method: str, files: list[Path], work: Path) -> None:
+    from dsa110_contimg.casa_env import ensure_casa_offline
+
+    ensure_casa_offline()
+    logging.basicConfig(level=logging.WARNING)
+    if method == "baseline":
+        inner = run_baseline(files, work)
+        out = {"ms_path": str(work / "baseline.ms"), "inner_s": inner}
+    else:
+        inner, res = run_ours(files, work)
+        out = {"ms_path": res["ms_path"], "inner_s": inner}
+    print(json.dumps(out))
+
+
+def fmt(times: list[float]) -> str:
+    return "[" + ", ".join(f"{t:.1f}" for t in times) + "] s"
+
+
 def main(argv=None) -> int:
+    import resource
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="full")
     ap.add_argument("--cache", type=Path, default=None, help="group cache (default /tmp/contimg-bench-<preset>)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default <cache>/work)")
     ap.add_argument("--skip-baseline", action="store_true", help="only ours and the floor")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each method; the median counts (default 3)")
     ap.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
+    ap.add_argument("--run-one", choices=["baseline", "ours"], help=argparse.SUPPRESS)
+    ap.add_argument("--files", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.run_one:
+        _run_one(args.run_one, args.files, args.work)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from dsa110_contimg.casa_env import ensure_casa_offline
-
-    ensure_casa_offline()
     cache = args.cache or Path(f"/tmp/contimg-bench-{args.preset}")
     work = args.work or cache / "work"
     files = cached_group(args.preset, cache)
@@ -166,35 +216,47 @@ def main(argv=None) -> int:
         d.mkdir(parents=True)
         return d
 
+    import statistics
+
+    def measure(label: str, fn, n: int):
+        """Median of ``n`` runs, each from a warm input cache with earlier writes flushed."""
+        times, extra = [], None
+        for _ in range(n):
+            warm(files)
+            d = fresh(label)
+            t, extra = fn(d)
+            times.append(t)
+            shutil.rmtree(d, ignore_errors=True)
+        subprocess.run(["sync"], check=False)
+        return statistics.median(times), times, extra
+
+    def ours_once(d):
+        t, res = run_fresh("ours", files, d)
+        return t, (res, du(Path(res["ms_path"])))
+
+    # (b) first, so the children's peak RSS so far is ours (workers included)
+    ours_s, ours_all, (_, out_bytes) = measure("ours", ours_once, args.repeat)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(f"(b) ours (convert_group, fresh process): median {ours_s:.1f} s of {fmt(ours_all)}, "
+          f"MS {out_bytes / 1e9:.2f} GB, peak RSS of one process {peak_kb / 2**20:.2f} GiB", flush=True)  # fmt: skip
+
     baseline_s = None
     if not args.skip_baseline:
-        warm(files)
-        d = fresh("baseline")
-        baseline_s = run_baseline(files, d)
-        print(f"(a) baseline (pyuvdata write_ms per subband + casatasks.concat): {baseline_s:.1f} s", flush=True)
-        shutil.rmtree(d, ignore_errors=True)
+        baseline_s, base_all, _ = measure("baseline", lambda d: run_fresh("baseline", files, d), args.repeat)
+        print(f"(a) baseline (pyuvdata write_ms per subband + casatasks.concat, fresh process): median "
+              f"{baseline_s:.1f} s of {fmt(base_all)}", flush=True)  # fmt: skip
 
-    warm(files)
-    d = fresh("ours")
-    ours_s, res = run_ours(files, d)
-    out_bytes = du(Path(res["ms_path"]))
-    print(f"(b) ours (convert_group): {ours_s:.1f} s, MS {out_bytes / 1e9:.2f} GB", flush=True)
-    shutil.rmtree(d, ignore_errors=True)
-
-    warm(files)
-    d = fresh("floor")
-    floor_s = run_floor(files, d, out_bytes)
-    print(f"(c) I/O floor (copy {in_bytes / 1e9:.2f} GB + write {out_bytes / 1e9:.2f} GB): {floor_s:.1f} s", flush=True)
-    shutil.rmtree(d, ignore_errors=True)
-    subprocess.run(["sync"], check=False)
+    floor_s, floor_all, _ = measure("floor", lambda d: (run_floor(files, d, out_bytes), None), args.repeat)
+    print(f"(c) I/O floor (copy {in_bytes / 1e9:.2f} GB + write {out_bytes / 1e9:.2f} GB): median {floor_s:.1f} s "
+          f"of {fmt(floor_all)}", flush=True)  # fmt: skip
 
     summary = {
         "preset": args.preset,
-        "n_rows": res["n_rows"],
-        "n_channels": res["n_channels"],
         "input_bytes": in_bytes,
         "output_bytes": out_bytes,
         "cpus": os.cpu_count(),
+        "ours_peak_rss_gib": round(peak_kb / 2**20, 2),
+        "repeat": args.repeat,
         "baseline_s": round(baseline_s, 2) if baseline_s is not None else None,
         "ours_s": round(ours_s, 2),
         "io_floor_s": round(floor_s, 2),

@@ -46,7 +46,7 @@ def cmd_convert(a, cfg):
     from .convert import convert_group
 
     return convert_group([Path(f) for f in a.files], Path(a.out or cfg.ms_dir), group_id=a.group_id,
-                         min_subbands=cfg.min_subbands)
+                         min_subbands=cfg.min_subbands, tolerance_s=cfg.group_tolerance_s)
 
 
 def cmd_calibrate(a, cfg):

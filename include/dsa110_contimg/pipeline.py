@@ -74,7 +74,8 @@ def convert_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
         raise ContimgError(cfg.incoming_dir, f"group {group_id} is not registered; was it ingested?")
     files = [Path(f) for f in json.loads(row["files"])]
     with _failure_recorded(reg, group_id, "convert"):
-        res = convert_group(files, cfg.ms_dir, group_id=group_id, min_subbands=cfg.min_subbands)
+        res = convert_group(files, cfg.ms_dir, group_id=group_id, min_subbands=cfg.min_subbands,
+                            tolerance_s=cfg.group_tolerance_s)
     reg.update_group(group_id, status="converted", ms_path=str(res.ms_path), mid_mjd=res.mid_mjd,
                      pointing_dec_deg=res.pointing_dec_deg, message=None)
     log.info("convert: %s -> %s (%d rows, %d channels, %d antennas, %.1f s)", group_id, res.ms_path,

@@ -13,7 +13,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from dsa110_contimg import casa_env, geometry
 from dsa110_contimg import convert as convert_mod
 from dsa110_contimg.convert import POINTING_DEC_KEYWORD, ConvertResult, convert_group
@@ -278,21 +277,22 @@ def test_rerun_replaces_atomically(group_files, tmp_path, monkeypatch):
 
 
 @pytest.mark.casa
-def test_bright_source_images_at_true_position(converted, tmp_path):
-    """One 10 Jy source ~1 deg from the phase centre (noise-free): tclean's peak
-    must sit on its true ICRS position, not mirrored through the phase centre.
+def test_sources_image_at_true_positions(converted, tmp_path):
+    """Two bright sources (10 Jy ~1 deg and 5 Jy ~0.3 deg from the phase
+    centre, noise-free): tclean with w-projection must find each on its true
+    ICRS position, not mirrored through the phase centre.
 
-    Tolerance 0.2 of the restoring beam's minor axis (~15"; imfit locates the
-    peak to a fraction of a 30" pixel; a 2"-pixel image puts it within 0.2")."""
+    Tolerance 0.1 of the restoring beam's minor axis (~7" here): w-projection
+    removes the w-term shift at 1 deg, and imfit on 10" pixels locates a
+    noise-free point source to well under an arcsecond."""
     from astropy import units as u
     from astropy.coordinates import SkyCoord
-
     from dsa110_contimg.simulate import SkyModel, simulate_group
 
     # The same start/dec/preset as the fixture group gives the same phase centre.
     pc = SkyCoord(converted.phase_center_ra_deg * u.deg, converted.phase_center_dec_deg * u.deg)
-    src = pc.spherical_offsets_by(0.8 * u.deg, 0.6 * u.deg)
-    sky = SkyModel([src.ra.deg], [src.dec.deg], [10.0], [0.0])
+    srcs = [pc.spherical_offsets_by(0.8 * u.deg, 0.6 * u.deg), pc.spherical_offsets_by(-0.25 * u.deg, 0.15 * u.deg)]
+    sky = SkyModel([s.ra.deg for s in srcs], [s.dec.deg for s in srcs], [10.0, 5.0], [0.0, 0.0])
     files = simulate_group(tmp_path / "in", PRESET, START, DEC_DEG, sky, noise=False)
     res = convert_group(files, tmp_path / "ms")
     assert res.phase_center_ra_deg == pytest.approx(converted.phase_center_ra_deg, abs=1e-9)
@@ -300,28 +300,355 @@ def test_bright_source_images_at_true_position(converted, tmp_path):
     cts = casa_env.casatasks()
     img = str(tmp_path / "img")
     cts.tclean(
-        vis=res.ms_path, imagename=img, imsize=[256, 256], cell="30arcsec", niter=100,
-        weighting="natural", gridder="standard", specmode="mfs", datacolumn="data", stokes="I",
+        vis=res.ms_path, imagename=img, imsize=[1024, 1024], cell="10arcsec", niter=300,
+        weighting="natural", gridder="wproject", wprojplanes=-1, specmode="mfs", datacolumn="data", stokes="I",
     )  # fmt: skip
     ia = casa_env.casatools().image()
     ia.open(img + ".image")
     try:
-        pix = ia.getchunk()[:, :, 0, 0]
         beam = ia.restoringbeam()
+        cs = ia.coordsys()
+        pixels = []
+        for s in srcs:
+            world = cs.referencevalue()["numeric"]
+            world[0], world[1] = s.ra.rad, s.dec.rad
+            pixels.append(cs.topixel(world)["numeric"][:2])
+        cs.done()
     finally:
         ia.close()
-    i, j = np.unravel_index(np.argmax(pix), pix.shape)
-    fit = cts.imfit(imagename=img + ".image", box=f"{i - 6},{j - 6},{i + 6},{j + 6}")
-    comp = fit["results"]["component0"]["shape"]["direction"]
-    world = (comp["m0"]["value"], comp["m1"]["value"])
-    peak = SkyCoord(world[0] * u.rad, world[1] * u.rad)
     minor = beam["minor"]["value"] * u.Unit(beam["minor"]["unit"])
-    mirror = pc.directional_offset_by(pc.position_angle(src), -pc.separation(src))
-    sep, sep_mirror = peak.separation(src), peak.separation(mirror)
-    msg = (
-        f"peak at {peak.to_string('decimal', precision=5)} is {sep.arcsec:.1f} arcsec from the source and "
-        f"{sep_mirror.arcsec:.1f} arcsec from its mirror image through the phase centre "
-        f"(beam minor {minor.to(u.arcsec):.1f}); geometry.PHASE_SIGN={geometry.PHASE_SIGN}"
+    for src, (x, y) in zip(srcs, pixels):
+        i, j = int(np.rint(x)), int(np.rint(y))
+        fit = cts.imfit(imagename=img + ".image", box=f"{i - 8},{j - 8},{i + 8},{j + 8}")
+        comp = fit["results"]["component0"]["shape"]["direction"]
+        peak = SkyCoord(comp["m0"]["value"] * u.rad, comp["m1"]["value"] * u.rad)
+        mirror = pc.directional_offset_by(pc.position_angle(src), -pc.separation(src))
+        sep, sep_mirror = peak.separation(src), peak.separation(mirror)
+        msg = (
+            f"source {pc.separation(src).deg:.2f} deg from the phase centre found at "
+            f"{peak.to_string('decimal', precision=5)}: {sep.arcsec:.2f} arcsec from its true position, "
+            f"{sep_mirror.arcsec:.1f} arcsec from its mirror image (beam minor {minor.to(u.arcsec):.1f}); "
+            f"geometry.PHASE_SIGN={geometry.PHASE_SIGN}"
+        )
+        print(msg)
+        assert sep < 0.1 * minor, msg
+
+
+# ---------------------------------------------------------------------------
+# fidelity, parallel path, readers (issue #3)
+# ---------------------------------------------------------------------------
+
+
+def _perturb_flags_weights(files: list[Path], seed: int = 7) -> None:
+    """Random flags and nsamples in every file, so FLAG/WEIGHT_SPECTRUM are tested."""
+    rng = np.random.default_rng(seed)
+    for p in files:
+        with h5py.File(p, "r+") as f:
+            shape = f["Data/flags"].shape
+            f["Data/flags"][...] = rng.random(shape) < 0.1
+            f["Data/nsamples"][...] = rng.uniform(0.25, 1.0, shape).astype(np.float32)
+
+
+def _expected_ms_rows(path: Path, ra0: float, dec0: float):
+    """(time_s, ant1, ant2, V rotated to the ICRS centre, flags, nsamples) of one
+    file, channels in ascending frequency, computed here with astropy."""
+    with h5py.File(path, "r") as f:
+        h = f["Header"]
+        jd, ant1, ant2 = h["time_array"][()], h["ant_1_array"][()], h["ant_2_array"][()]
+        ecef = h["antenna_positions"][()]
+        freqs = h["freq_array"][()][0]
+        dec_app = float(h["extra_keywords/phase_center_dec"][()])
+        vis = f["Data/visdata"][()][:, 0]
+        flags = f["Data/flags"][()][:, 0]
+        ns = f["Data/nsamples"][()][:, 0]
+    ut, idx = np.unique(jd, return_inverse=True)
+    p_new = icrs_itrs(ra0, dec0, ut)[idx]
+    p0 = geometry.meridian_direction(dec_app)
+    dpath = np.einsum("ij,ij->i", ecef[ant2] - ecef[ant1], p0 - p_new)
+    expect = vis * geometry.phase_factor(dpath, freqs)[:, :, None]
+    time_s = (jd - 2400000.5) * 86400.0
+    return time_s, ant1, ant2, expect[:, ::-1], flags[:, ::-1], ns[:, ::-1]
+
+
+def _row_index(time_s, a1, a2):
+    return {(round(float(t) * 1000), int(x), int(y)): i for i, (t, x, y) in enumerate(zip(time_s, a1, a2))}
+
+
+def test_fidelity_every_sample_casacore_and_pyuvdata(group_files, tmp_path, monkeypatch):
+    """Every sample of every subband: MS DATA = conj(rotated UVH5 visdata), FLAG
+    = flags, WEIGHT_SPECTRUM = nsamples, read back with casacore tables and with
+    pyuvdata's MS reader (which undoes the conjugation). Written through the
+    worker-process path in many row blocks, and bit-identical to the in-process
+    path. Tolerance: complex64 storage of a rotation computed in float64,
+    2e-6 of the row's largest amplitude."""
+    from casacore import tables
+    from dsa110_contimg import ms_writer
+    from pyuvdata import UVData
+
+    files = copy_group(group_files, tmp_path / "in")
+    _perturb_flags_weights(files)
+    monkeypatch.setattr(ms_writer, "BLOCK_BYTES", 60_000)  # ~100 rows a block: many blocks
+    res = convert_group(files, tmp_path / "ms2", workers=2)
+    serial = convert_group(files, tmp_path / "ms0", workers=0)
+    nch = preset(PRESET).channels_per_subband
+
+    with tables.table(res.ms_path, ack=False) as t:
+        data, flag, wspec = t.getcol("DATA"), t.getcol("FLAG"), t.getcol("WEIGHT_SPECTRUM")
+        weight, sigma = t.getcol("WEIGHT"), t.getcol("SIGMA")
+        rows = _row_index(t.getcol("TIME"), t.getcol("ANTENNA1"), t.getcol("ANTENNA2"))
+        flag_row = t.getcol("FLAG_ROW")
+    with tables.table(serial.ms_path, ack=False) as t:
+        assert np.array_equal(t.getcol("DATA"), data)
+        assert np.array_equal(t.getcol("FLAG"), flag)
+        assert np.array_equal(t.getcol("WEIGHT_SPECTRUM"), wspec)
+    with tables.table(res.ms_path + "/FIELD", ack=False) as t:
+        ra0, dec0 = t.getcol("PHASE_DIR")[0, 0]
+    np.testing.assert_allclose(weight, np.median(wspec, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(sigma, weight**-0.5, rtol=1e-6)
+    assert not flag_row.any()
+
+    uv = UVData.from_file(res.ms_path, file_type="ms", run_check=False)
+    uv_freq = np.asarray(uv.freq_array).reshape(-1)
+    assert np.all(np.diff(uv_freq) > 0)
+    uv_rows = _row_index((uv.time_array - 2400000.5) * 86400.0, uv.ant_1_array, uv.ant_2_array)
+
+    for p in files:
+        sb = int(p.name[-7:-5])
+        lo = (N_SUBBANDS - 1 - sb) * nch
+        chans = slice(lo, lo + nch)
+        time_s, a1, a2, expect, fl, ns = _expected_ms_rows(p, ra0, dec0)
+        keys = [(round(float(t) * 1000), int(x), int(y)) for t, x, y in zip(time_s, a1, a2)]
+        r = np.array([rows[k] for k in keys])
+        tol = 2e-6 * np.abs(expect).max(axis=(1, 2))[:, None, None] + 1e-30
+        assert np.all(np.abs(np.conj(data[r, chans]) - expect) <= tol), f"DATA sb{sb:02d}"
+        assert np.array_equal(flag[r, chans], fl), f"FLAG sb{sb:02d}"
+        assert np.array_equal(wspec[r, chans], ns), f"WEIGHT_SPECTRUM sb{sb:02d}"
+        # pyuvdata's reader: unconjugated, same samples
+        u = np.array([uv_rows[k] for k in keys])
+        assert np.all(np.abs(uv.data_array[u, chans] - expect) <= tol), f"pyuvdata data sb{sb:02d}"
+        assert np.array_equal(uv.flag_array[u, chans], fl)
+        np.testing.assert_array_equal(uv.nsample_array[u, chans], ns)
+        np.testing.assert_allclose(uv_freq[chans], subband_frequencies(sb, nch)[::-1], atol=1.0)
+
+
+def test_missing_subband_parallel_path(group_files, tmp_path, monkeypatch):
+    """A semi-complete group through the worker processes: the gap is zeros,
+    flagged, with zero weight; the rest is as the in-process path writes it."""
+    from casacore import tables
+    from dsa110_contimg import ms_writer
+
+    files = copy_group(group_files, tmp_path / "in", skip=(3, 12))
+    monkeypatch.setattr(ms_writer, "BLOCK_BYTES", 60_000)
+    res = convert_group(files, tmp_path / "ms", workers=2)
+    assert res.missing_subbands == (3, 12)
+    nch = preset(PRESET).channels_per_subband
+    with tables.table(res.ms_path, ack=False) as t:
+        data, flag, wspec = t.getcol("DATA"), t.getcol("FLAG"), t.getcol("WEIGHT_SPECTRUM")
+    for sb in (3, 12):
+        lo = (N_SUBBANDS - 1 - sb) * nch
+        assert flag[:, lo : lo + nch].all() and not wspec[:, lo : lo + nch].any() and not data[:, lo : lo + nch].any()
+    assert flag.sum() == 2 * nch * flag.shape[0] * flag.shape[2]
+
+
+@pytest.mark.casa
+def test_listobs_and_wsclean_read_the_ms(converted, tmp_path):
+    import subprocess
+
+    cts = casa_env.casatasks()
+    summary = cts.listobs(vis=converted.ms_path, listfile=str(tmp_path / "listobs.txt"), overwrite=True)
+    assert summary["nfields"] == 1 and summary["numrecords"] == converted.n_rows
+    assert summary["BeginTime"] == pytest.approx(converted.start_mjd, abs=1e-6)  # start of the first integration
+    text = (tmp_path / "listobs.txt").read_text()
+    assert "Observation: OVRO_MMA" in text and "1 unique spectral windows" in text
+    assert f"Antennas: {converted.n_antennas}" in text
+    wsclean = shutil.which("wsclean") or "/usr/bin/wsclean"
+    if not Path(wsclean).exists():
+        pytest.skip("wsclean is not installed")
+    name = tmp_path / "ws"
+    proc = subprocess.run(
+        [wsclean, "-size", "128", "128", "-scale", "60asec", "-niter", "0", "-j", "1", "-name", str(name),
+         converted.ms_path],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    from astropy.io import fits
+
+    img = fits.getdata(str(name) + "-dirty.fits")
+    assert np.isfinite(img).all() and np.abs(img).max() > 0
+
+
+_KILL_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+from dsa110_contimg import convert, ms_writer
+workers = int(sys.argv[4])
+real = ms_writer.BlockProducer.blocks
+def slow_blocks(self, dpath):
+    for k, block in enumerate(real(self, dpath)):
+        yield block
+        if k == 1:  # two blocks written, the rest to come: stop here
+            Path(sys.argv[2]).write_text("half-way")
+            time.sleep(120)
+ms_writer.BlockProducer.blocks = slow_blocks
+ms_writer.BLOCK_BYTES = 60_000
+files = [Path(p) for p in Path(sys.argv[1]).glob("*.hdf5")]
+convert.convert_group(files, Path(sys.argv[3]), group_id="killed", workers=workers)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_mid_write_leaves_nothing_at_final_path(group_files, tmp_path, workers):
+    """A conversion SIGKILLed half-way through writing leaves no MS at the
+    final path (a previous MS stays intact), no worker process behind, and the
+    next run cleans its debris."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in"
+    copy_group(group_files, src)
+    out = tmp_path / "ms"
+    marker = tmp_path / "marker"
+
+    def killed_run():
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KILL_SCRIPT, str(src), str(marker), str(out), str(workers)],
+            env={**os.environ, "PYTHONPATH": str(Path(convert_mod.__file__).parents[1])},
+        )
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "converter exited before reaching the middle of the write"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        kids = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        marker.unlink()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{k}").exists() and "spawn" in Path(f"/proc/{k}/cmdline").read_text() for k in kids):
+            assert time.monotonic() < deadline, "worker processes outlived the killed converter"
+            time.sleep(0.1)
+        return proc.pid
+
+    pid = killed_run()
+    assert not (out / "killed.ms").exists()
+    debris = list(out.glob("killed.ms.tmp-*"))
+    assert len(debris) == 1 and debris[0].name.endswith(f"-{pid}")  # half-written, under the temporary name
+
+    res = convert_group(list(src.glob("*.hdf5")), out, group_id="killed")
+    assert sorted(p.name for p in out.iterdir()) == ["killed.ms"]  # debris of the dead run removed
+    (Path(res.ms_path) / "marker").write_text("good MS")
+    killed_run()
+    assert (out / "killed.ms" / "marker").read_text() == "good MS"  # previous MS untouched
+
+
+# ---------------------------------------------------------------------------
+# bad input: each fails its own group, naming the file and the reason
+# ---------------------------------------------------------------------------
+
+
+def test_corrupt_hdf5_names_the_file(group_files, tmp_path):
+    files = copy_group(group_files, tmp_path / "in")
+    with open(files[6], "r+b") as f:  # scribble over the superblock
+        f.write(b"\x00garbage" * 64)
+    files[11].write_text("this is not an HDF5 file\n")
+    with pytest.raises(CorruptSubbandError) as exc:
+        convert_group(files, tmp_path / "ms")
+    assert exc.value.path == str(files[6])
+    assert "cannot read UVH5 header" in exc.value.reason
+    assert not (tmp_path / "ms").exists() or not any((tmp_path / "ms").iterdir())
+
+
+def test_damaged_data_names_the_file(group_files, tmp_path, monkeypatch):
+    """Data arrays that do not fit the header fail the group, naming the file,
+    and leave no MS: a wrong shape is caught with the headers, a wrong dtype
+    while the rows are read (in a worker process)."""
+    from dsa110_contimg import ms_writer
+
+    files = copy_group(group_files, tmp_path / "in")
+    with h5py.File(files[8], "r+") as f:
+        del f["Data/nsamples"]
+        f["Data/nsamples"] = np.ones((2, 2), dtype=np.float32)
+    with pytest.raises(CorruptSubbandError, match="nsamples has shape") as exc:
+        convert_group(files, tmp_path / "ms")
+    assert exc.value.path == str(files[8])
+
+    files = copy_group(group_files, tmp_path / "in2")
+    with h5py.File(files[13], "r+") as f:
+        real = f["Data/visdata"][()].real
+        del f["Data/visdata"]
+        f["Data/visdata"] = real
+    monkeypatch.setattr(ms_writer, "BLOCK_BYTES", 60_000)
+    with pytest.raises(CorruptSubbandError, match="expected complex") as exc:
+        convert_group(files, tmp_path / "ms", workers=2)
+    assert exc.value.path == str(files[13])
+    assert not (tmp_path / "ms").exists() or not any((tmp_path / "ms").iterdir())
+
+
+@pytest.mark.parametrize(
+    "what, edit, words",
+    [
+        ("antennas", lambda h: h["antenna_positions"].__setitem__((5, 0), h["antenna_positions"][5, 0] + 1.0),
+         "antenna table differs"),
+        ("channel width", lambda h: h["channel_width"].write_direct(np.array(2 * h["channel_width"][()])),
+         "channels of"),
+        ("time grid", lambda h: h["time_array"].__setitem__(slice(None), h["time_array"][()] + 1.0 / 86400),
+         "time grid differs"),
+    ],
+)
+def test_subbands_that_disagree(group_files, tmp_path, what, edit, words):
+    files = copy_group(group_files, tmp_path / "in")
+    with h5py.File(files[10], "r+") as f:
+        edit(f["Header"])
+    with pytest.raises(CorruptSubbandError) as exc:
+        convert_group(files, tmp_path / "ms")
+    assert exc.value.path == str(files[10]), what
+    assert words in exc.value.reason and files[0].name in exc.value.reason, exc.value.reason
+
+
+def test_file_from_another_observation(group_files, tmp_path):
+    """A file whose name puts it beyond ingest's 60 s grouping tolerance is named."""
+    files = copy_group(group_files, tmp_path / "in")
+    stray = files[14].with_name("2025-03-01T12:05:09_sb14.hdf5")
+    files[14].rename(stray)
+    files[14] = stray
+    with pytest.raises(CorruptSubbandError, match="a group spans at most 60 s") as exc:
+        convert_group(files, tmp_path / "ms", tolerance_s=60)
+    assert exc.value.path == str(stray)
+
+
+def test_iers_cache_gives_identical_geometry(tmp_path):
+    """The cached IERS table is the one astropy parses: the rephasing of a fresh
+    process with and without the cache agrees bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from dsa110_contimg import convert, geometry, iers_cache\n"
+        "if sys.argv[1] == 'cache': iers_cache.install()\n"
+        "jd = 2460736.0 + np.arange(24) * 12.884902 / 86400\n"
+        "ecef = geometry.enu_to_ecef_offsets(np.array([[0.0, 0, 0], [1300.0, 200.0, 0]]))\n"
+        "r = convert.compute_rephasing(np.repeat(jd, 1), np.zeros(24, int), np.ones(24, int), np.arange(2), ecef,"
+        " np.radians(54.6), -118.283, jd.mean())\n"
+        "np.save(sys.argv[2], np.concatenate([[r.ra0, r.dec0], r.dpath, r.uvw.ravel()]))\n"
     )
-    print(msg)
-    assert sep < 0.2 * minor, msg
+    env = {**os.environ, "PYTHONPATH": str(Path(convert_mod.__file__).parents[1]),
+           "CONTIMG_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    out = {}
+    for mode in ("plain", "cache", "cache"):  # the second "cache" run reads the pickle
+        out[mode] = tmp_path / f"{mode}.npy"
+        subprocess.run([sys.executable, "-c", code, mode, str(out[mode])], env=env, check=True, timeout=120)
+    assert any((tmp_path / "cache").glob("iers-*.pkl"))
+    assert np.array_equal(np.load(out["plain"]), np.load(out["cache"]))
