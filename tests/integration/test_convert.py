@@ -143,13 +143,7 @@ def test_data_is_uvh5_times_phase_rotation(converted, group_files):
 
     for path in (group_files[0], group_files[-1]):  # sb00 (top of the band) and sb15 (bottom)
         sb = int(path.name[-7:-5])
-        with h5py.File(path, "r") as f:
-            h = f["Header"]
-            jd, ant1, ant2 = h["time_array"][()], h["ant_1_array"][()], h["ant_2_array"][()]
-            ecef = h["antenna_positions"][()]
-            freqs = h["freq_array"][()][0]
-            dec_app = float(h["extra_keywords/phase_center_dec"][()])
-            vis = f["Data/visdata"][()][:, 0]
+        jd, ant1, ant2, ecef, freqs, dec_app, vis, _, _ = _read_subband(path)
         lo = (N_SUBBANDS - 1 - sb) * nch
         np.testing.assert_allclose(freqs_ms[lo : lo + nch], freqs[::-1])
         cross = ant1 != ant2
@@ -349,18 +343,19 @@ def _perturb_flags_weights(files: list[Path], seed: int = 7) -> None:
             f["Data/nsamples"][...] = rng.uniform(0.25, 1.0, shape).astype(np.float32)
 
 
+def _read_subband(path: Path):
+    """(jd, ant1, ant2, antenna ECEF, freqs, apparent dec, vis, flags, nsamples) as the file holds them."""
+    with h5py.File(path, "r") as f:
+        h = f["Header"]
+        return (h["time_array"][()], h["ant_1_array"][()], h["ant_2_array"][()], h["antenna_positions"][()],
+                h["freq_array"][()][0], float(h["extra_keywords/phase_center_dec"][()]),
+                f["Data/visdata"][()][:, 0], f["Data/flags"][()][:, 0], f["Data/nsamples"][()][:, 0])
+
+
 def _expected_ms_rows(path: Path, ra0: float, dec0: float):
     """(time_s, ant1, ant2, V rotated to the ICRS centre, flags, nsamples) of one
     file, channels in ascending frequency, computed here with astropy."""
-    with h5py.File(path, "r") as f:
-        h = f["Header"]
-        jd, ant1, ant2 = h["time_array"][()], h["ant_1_array"][()], h["ant_2_array"][()]
-        ecef = h["antenna_positions"][()]
-        freqs = h["freq_array"][()][0]
-        dec_app = float(h["extra_keywords/phase_center_dec"][()])
-        vis = f["Data/visdata"][()][:, 0]
-        flags = f["Data/flags"][()][:, 0]
-        ns = f["Data/nsamples"][()][:, 0]
+    jd, ant1, ant2, ecef, freqs, dec_app, vis, flags, ns = _read_subband(path)
     ut, idx = np.unique(jd, return_inverse=True)
     p_new = icrs_itrs(ra0, dec0, ut)[idx]
     p0 = geometry.meridian_direction(dec_app)
