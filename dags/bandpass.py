@@ -17,11 +17,12 @@ from airflow.timetables.events import EventsTimetable
 
 from contimg_airflow.defaults import PIPELINE_DEFAULTS, config, schedule_bounds
 from contimg_airflow.operators import CalibratorGroupSensor, SolveCalibrationOperator
-from dsa110_contimg.calibrators import get_calibrator, transits_in
+from dsa110_contimg.calibrators import bandpass_calibrator_for, transits_in
 
 CFG = config()
 BOUNDS = schedule_bounds(CFG)
-_CAL = get_calibrator(CFG.bandpass_calibrator)
+# The configured calibrator, or (bandpass_calibrator 'auto') the brightest in the pointing's strip.
+_CAL = bandpass_calibrator_for(CFG.bandpass_calibrator, CFG.pointing_dec_deg)
 _HORIZON = CFG.end or (datetime.now(timezone.utc) + timedelta(days=30))
 TRANSITS = transits_in(_CAL.ra_deg, BOUNDS["start_date"], _HORIZON, dec_deg=_CAL.dec_deg)
 

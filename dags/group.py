@@ -1,15 +1,23 @@
 """group: one subband group from raw files to a registered image.
 
-convert -> wait for calibration -> apply calibration -> image -> QA -> register.
+convert -> wait for calibration -> solve gains (when a calibrator transits
+during the group) -> apply calibration -> image -> QA -> register.
 Started by `ingest` with conf {"group_id": ...}; the imaging choices are run
 Params (the trigger form)."""
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag
+from airflow.sdk import Param, TriggerRule, dag
 
-from contimg_airflow.defaults import PIPELINE_DEFAULTS, PROJECT_EPOCH, config, imaging_params
+from contimg_airflow.defaults import (
+    MAX_CALIBRATION_WAIT_HOURS,
+    PIPELINE_DEFAULTS,
+    PROJECT_EPOCH,
+    calibration_params,
+    config,
+    imaging_params,
+)
 from contimg_airflow.operators import (
     ApplyCalibrationOperator,
     CalibrationAvailableSensor,
@@ -17,6 +25,7 @@ from contimg_airflow.operators import (
     ImageOperator,
     ImageQAOperator,
     RegisterImageOperator,
+    SolveGainsOperator,
 )
 
 CFG = config()
@@ -29,19 +38,24 @@ CFG = config()
     max_active_runs=24,  # groups before a calibrator transit wait (no slot held) for its solution
     default_args=PIPELINE_DEFAULTS,
     params={"group_id": Param("", type="string", description="subband group id, e.g. 2026-01-15T12:00:00"),
-            **imaging_params(CFG)},
+            **calibration_params(CFG), **imaging_params(CFG)},
     tags=["dsa110", "group"],
     doc_md=__doc__,
 )
 def group():
     ms = ConvertOperator(task_id="convert")
+    # Gives up after the run's calibration_wait_hours; the timeout is only a backstop.
     ready = CalibrationAvailableSensor(task_id="wait_for_calibration", poke_interval=10,
-                                       timeout=timedelta(hours=6).total_seconds())
-    applied = ApplyCalibrationOperator(task_id="apply_calibration")
+                                       timeout=timedelta(hours=MAX_CALIBRATION_WAIT_HOURS).total_seconds())
+    gains = SolveGainsOperator(task_id="solve_gains")
+    # A failed gains solve alerts but the group goes on with the sets in force.
+    applied = ApplyCalibrationOperator(task_id="apply_calibration", trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
     image = ImageOperator(task_id="image")
     qa = ImageQAOperator(task_id="qa", image=image.output)
-    registered = RegisterImageOperator(task_id="register", image=image.output, qa=qa.output)
-    ms >> ready >> applied >> image >> qa >> registered
+    registered = RegisterImageOperator(task_id="register", image=image.output, qa=qa.output,
+                                       applied=applied.output)
+    ms >> ready >> gains >> applied
+    ready >> applied >> image >> qa >> registered
 
 
 group()

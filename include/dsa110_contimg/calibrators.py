@@ -101,6 +101,33 @@ def calibrators_in_strip(dec_deg: float, half_width_deg: float, path: str | Path
     return [c for c in load_calibrators(path) if abs(c.dec_deg - dec_deg) <= half_width_deg]
 
 
+STRIP_HALF_WIDTH_DEG = 1.5  # ~ the primary beam's half-power radius plus pointing slack
+
+
+def bandpass_calibrator_for(name: str, dec_deg: float, half_width_deg: float = STRIP_HALF_WIDTH_DEG,
+                            path: str | Path | None = None) -> Calibrator:
+    """The bandpass calibrator of the strip at ``dec_deg``: ``name``, or with
+    ``name='auto'`` the brightest table calibrator within ``half_width_deg``.
+
+    Raises KeyError when ``name`` is unknown or no calibrator lies in the strip."""
+    if name.strip().lower() != "auto":
+        return get_calibrator(name, path)
+    strip = calibrators_in_strip(dec_deg, half_width_deg, path)
+    if not strip:
+        raise KeyError(f"no calibrator in the table lies within {half_width_deg} deg of dec {dec_deg}; "
+                       "set bandpass_calibrator explicitly")
+    return max(strip, key=lambda c: c.flux_jy)
+
+
+def transits_between(start: datetime, end: datetime, dec_deg: float,
+                     half_width_deg: float = STRIP_HALF_WIDTH_DEG,
+                     path: str | Path | None = None) -> list[tuple[Calibrator, datetime]]:
+    """(calibrator, transit) for every table calibrator in the strip transiting in [start, end)."""
+    out = [(c, t) for c in calibrators_in_strip(dec_deg, half_width_deg, path)
+           for t in transits_in(c.ra_deg, start, end, dec_deg=c.dec_deg)]
+    return sorted(out, key=lambda ct: ct[1])
+
+
 # --- time and sidereal arithmetic -------------------------------------------
 
 

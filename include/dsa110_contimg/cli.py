@@ -51,11 +51,13 @@ def cmd_convert(a, cfg):
 
 def cmd_calibrate(a, cfg):
     if a.action == "solve":
-        from .calibration import CalSolveParams, solve_calibration
-        from .calibrators import get_calibrator
+        from .calibration import solve_calibration
+        from .calibration.stage import solve_params
+        from .calibrators import bandpass_calibrator_for
 
-        return solve_calibration(Path(a.ms), get_calibrator(a.calibrator or cfg.bandpass_calibrator),
-                                 Path(a.out or cfg.caltables_dir), CalSolveParams(refant=a.refant))
+        cal = bandpass_calibrator_for(a.calibrator or cfg.bandpass_calibrator, cfg.pointing_dec_deg)
+        return solve_calibration(Path(a.ms), cal, Path(a.out or cfg.caltables_dir),
+                                 solve_params(cfg, {"refant": a.refant}))
     from .calibration import apply_calibration
 
     tables = [(Path(t).suffix.lstrip(".").upper()[:1] or "G", t) for t in a.tables]
@@ -99,16 +101,82 @@ def cmd_publish(a, cfg):
 
 
 def cmd_registry(a, cfg):
+    """Registry summary (the default), raw tables, migration, calibration sets: list and retire."""
     from .pipeline import open_registry, summary
 
     reg = open_registry(a.registry or cfg.default_registry_url())
-    if a.action == "summary":
+    action = a.action or "summary"
+    if action == "summary":
         return summary(reg)
-    if a.action == "caltables":
+    if action == "caltables":
         return reg.caltables()
-    if a.action == "products":
+    if action == "products":
         return reg.products()
-    return {"schema_version": reg.migrate()}
+    if action == "list":
+        sets = reg.calsets(status=a.status, kind=a.kind)
+        if a.json:
+            return sets
+        print(_calset_table(sets))
+        return None
+    if action == "retire":
+        return _retire(reg, a.set_name, a.reason)
+    return {"schema_revision": reg.migrate()}
+
+
+def _retire(reg, set_name: str, reason: str) -> dict:
+    """Retire one calibration set; an unknown name (or empty reason) exits 1 with the reason on stderr."""
+    try:
+        n = reg.retire_calset(set_name, reason)
+    except (KeyError, ValueError) as exc:
+        why = exc.args[0] if exc.args else str(exc)
+        print(json.dumps({"error": type(exc).__name__, "path": None,
+                          "reason": f"{why}; `dsa110 registry list` shows the registered sets"}), file=sys.stderr)
+        raise SystemExit(1) from None
+    retired = next(s for s in reg.calsets() if s["set_name"] == set_name)
+    return {"retired": set_name, "kind": retired["kind"], "rows": n, "reason": reason,
+            "tables": retired["tables"]}
+
+
+def _calset_table(sets: list[dict]) -> str:
+    """Calibration sets as an aligned text table, one line per set, for people."""
+    from .registry import datetime_from_mjd
+
+    def utc(mjd: float) -> str:
+        return datetime_from_mjd(mjd).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def qa(q: dict) -> str:
+        keys = (("flagged_fraction", "flagged"), ("n_solutions", "nsol"), ("peak_beam", "beam"))
+        parts = [f"{label}={q[k]}" if isinstance(q[k], int) else f"{label}={q[k]:.3g}"
+                 for k, label in keys if isinstance(q.get(k), (int, float))]
+        return " ".join(parts + ([f"qa={q['status']}"] if q.get("status") else []))
+
+    head = ("SET", "KIND", "STATUS", "VALID FROM (UTC)", "VALID TO (UTC)", "MJD", "CALIBRATOR", "REFANT",
+            "TABLES", "QA", "NOTE")
+    rows = [(s["set_name"], s["kind"], s["status"], utc(s["valid_from_mjd"]), utc(s["valid_to_mjd"]),
+             f"{s['valid_from_mjd']:.5f}-{s['valid_to_mjd']:.5f}", s["calibrator"] or "-", s["refant"] or "-",
+             ",".join(t for t, _ in s["tables"]), qa(s["qa"]) or "-",
+             "; ".join(x for x in (s["base_set"] and f"base {s['base_set']}", s["reason"]) if x) or "")
+            for s in sets]
+    if not rows:
+        return "no calibration sets registered"
+    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in (head, *rows))
+
+
+def cmd_validate(a, cfg):
+    """Run a proof against known truth; print each number next to its limit, then the JSON."""
+    import tempfile
+
+    from .calibration.validate import report_lines, validate_calibration
+
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="dsa110-validate-"))
+    result = validate_calibration(work, preset=a.preset, real=not a.skip_real)
+    for line in report_lines(result):
+        print(line)
+    print(f"overall: {'PASS' if result['pass'] else 'FAIL'} (work directory {work})")
+    if not a.json:
+        return None
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,10 +242,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to")
     s.set_defaults(func=cmd_publish)
 
-    s = sub.add_parser("registry", help="inspect the registry")
-    s.add_argument("action", choices=["summary", "caltables", "products", "migrate"])
+    s = sub.add_parser("validate", help="measure a stage against known truth (simulated and real data)")
+    s.add_argument("what", choices=["calibration"])
+    s.add_argument("--preset", default="full", choices=["tiny", "demo", "full"],
+                   help="simulator preset of the simulated proof (full = the real instrument's size)")
+    s.add_argument("--work", help="work directory (default: a new temporary directory)")
+    s.add_argument("--skip-real", action="store_true", help="skip the real-data (NGC5921) proof")
+    s.add_argument("--json", action="store_true", help="print the numbers as one JSON object, last line")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("registry", help="inspect the registry (default: summary); list or retire calibration sets")
     s.add_argument("--registry", help="SQLAlchemy URL of the registry")
     s.set_defaults(func=cmd_registry)
+    url = argparse.ArgumentParser(add_help=False)  # --registry also after the action; SUPPRESS keeps one given before
+    url.add_argument("--registry", default=argparse.SUPPRESS, help="SQLAlchemy URL of the registry")
+    rsub = s.add_subparsers(dest="action", metavar="ACTION")
+    for name, text in (("summary", "counts and median QA numbers (the default)"), ("caltables", "every table, raw"),
+                       ("products", "every product, raw"), ("migrate", "upgrade the schema; print its revision")):
+        rsub.add_parser(name, parents=[url], help=text)
+    r = rsub.add_parser("list", parents=[url], help="calibration sets, oldest first")
+    r.add_argument("--status", choices=["active", "retired", "failed"])
+    r.add_argument("--kind", choices=["bandpass", "gains"])
+    r.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
+    r = rsub.add_parser("retire", parents=[url], help="take a calibration set out of use")
+    r.add_argument("set_name")
+    r.add_argument("--reason", required=True, help="why (recorded with the set)")
     return p
 
 
@@ -195,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": type(exc).__name__, "path": exc.filename, "reason": exc.strerror}),
               file=sys.stderr)
         return 2
-    print(json.dumps(jsonable(result), indent=None, default=str))
+    if result is not None:
+        print(json.dumps(jsonable(result), indent=None, default=str))
+    if isinstance(result, dict) and result.get("pass") is False:
+        return 1
     return 0
 
 

@@ -32,12 +32,16 @@ class PipelineConfig:
     reference_catalog: Path | None = None
     registry_url: str | None = None  # CLI only; tasks use the contimg_db connection
     pointing_dec_deg: float = 55.6
-    bandpass_calibrator: str = "0834+555"
+    bandpass_calibrator: str = "auto"  # or a name in the calibrator table; auto = brightest in the strip
     group_tolerance_s: float = 60.0
     group_timeout_s: float = 600.0
     min_subbands: int = 12
     mosaic_window_minutes: int = 60
-    calibration_validity_hours: float = 24.0
+    calibration_validity_hours: float = 24.0  # daily bandpass set
+    gains_validity_hours: float = 1.0  # hourly gains from a calibrator transit in a group
+    calibration_wait_hours: float = 6.0  # a group waits this long for a valid bandpass, then fails
+    calibration_flagging: str = "auto"  # auto (AOFlagger when installed), aoflagger, casa, none
+    calibration_solve_delay: bool = False
     imaging_backend: str = "auto"
     imaging_niter: int = 1000
     imaging_robust: float = 0.0
@@ -70,6 +74,12 @@ class PipelineConfig:
             raise ValueError(f"min_subbands {self.min_subbands} outside [1, 16]")
         if self.imaging_backend not in ("auto", "tclean", "wsclean"):
             raise ValueError(f"imaging_backend {self.imaging_backend!r} not one of auto, tclean, wsclean")
+        if self.calibration_flagging not in ("auto", "aoflagger", "casa", "none"):
+            raise ValueError(f"calibration_flagging {self.calibration_flagging!r} not one of auto, aoflagger, "
+                             "casa, none")
+        for name in ("calibration_validity_hours", "gains_validity_hours", "calibration_wait_hours"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
         if self.mosaic_window_minutes <= 0:
             raise ValueError("mosaic_window_minutes must be positive")
         _parse_dt(self.schedule_start)

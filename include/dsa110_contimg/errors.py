@@ -34,6 +34,10 @@ class CalibrationError(ContimgError):
     """A calibration solve failed or produced unusable solutions."""
 
 
+class CalibrationQAError(CalibrationError):
+    """A calibration set was solved but failed its quality gates (registered as failed)."""
+
+
 class NoCalibrationError(ContimgError):
     """No valid calibration covers the data's time."""
 

@@ -124,11 +124,18 @@ class LocalAirflow:
             return json.loads(resp.read())["access_token"]
 
     def api_get(self, path: str, token: str) -> dict:
+        return self.api_request("GET", path, token)
+
+    def api_request(self, method: str, path: str, token: str, body: dict | None = None) -> dict:
+        """One call of Airflow's REST API (v2) as a logged-in user; the decoded JSON reply."""
         import urllib.request
 
-        req = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"})
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        req = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers, method=method)
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
+            raw = resp.read()
+        return json.loads(raw) if raw else {}
 
     def prepare(self) -> None:
         """Create AIRFLOW_HOME, the UI password file and the metadata database."""

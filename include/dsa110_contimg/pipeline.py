@@ -22,7 +22,6 @@ from .results import jsonable
 
 log = logging.getLogger(__name__)
 
-GROUP_SPAN_S = 24 * 12.884902  # one full-size file's duration; groups tile time
 MOSAIC_NOISE_BOX = 96  # pixels per tile of the local noise estimate in mosaics
 
 
@@ -83,57 +82,6 @@ def convert_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
     return jsonable(res)
 
 
-# -- calibration ----------------------------------------------------------------
-def calibration_available(reg: Registry, group_id: str) -> bool:
-    row = reg.get_group(group_id)
-    return bool(row and row["mid_mjd"] is not None and reg.apply_list(row["mid_mjd"]))
-
-
-def apply_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
-    from .calibration import apply_calibration, tables_for
-
-    row = _converted(reg, group_id)
-    with _failure_recorded(reg, group_id, "apply calibration"):
-        tables = tables_for(reg, row["mid_mjd"])
-        res = apply_calibration(Path(row["ms_path"]), tables)
-    reg.update_group(group_id, status="calibrated")
-    log.info("apply: %s with %s", group_id, [t[0] for t in tables])
-    return jsonable(res)
-
-
-def calibrator_group(cfg: PipelineConfig, reg: Registry, transit: datetime) -> dict | None:
-    """The converted group whose time span contains ``transit``, if any.
-
-    A group spans about mid +- (mid - start) whatever the preset's length; the
-    start is the median file timestamp, so allow the +-60 s grouping tolerance
-    and pick the group whose mid-time is nearest the transit."""
-    t = mjd_from_datetime(transit)
-    tol = cfg.group_tolerance_s / 86400
-    rows = [r for r in reg.groups_between(t - 2 * GROUP_SPAN_S / 86400 - tol, t + tol)
-            if r["ms_path"] and r["mid_mjd"] is not None
-            and abs(t - r["mid_mjd"]) <= abs(r["mid_mjd"] - r["start_mjd"]) + tol]
-    return min(rows, key=lambda r: abs(t - r["mid_mjd"])) if rows else None
-
-
-def solve_step(cfg: PipelineConfig, reg: Registry, transit: datetime, params: dict | None = None) -> dict:
-    from .calibration import CalSolveParams, register_solution, solve_calibration
-    from .calibrators import get_calibrator
-
-    row = calibrator_group(cfg, reg, transit)
-    if row is None:
-        raise ContimgError(cfg.incoming_dir, f"no converted group contains the transit at {transit.isoformat()}")
-    cal = get_calibrator(cfg.bandpass_calibrator)
-    name = f"{cfg.bandpass_calibrator}_{row['group_id']}".replace(":", "")
-    out_dir = cfg.caltables_dir / name
-    res = solve_calibration(Path(row["ms_path"]), cal, out_dir,
-                            CalSolveParams.from_dict({"validity_hours": cfg.calibration_validity_hours, **(params or {})}))
-    half = cfg.calibration_validity_hours / 48.0
-    t = mjd_from_datetime(transit)
-    register_solution(reg, res, t - half, t + half, name)
-    log.info("calibration: set %s registered, valid MJD %.4f-%.4f", name, t - half, t + half)
-    return {"set_name": name, **jsonable(res)}
-
-
 # -- image / QA / register -----------------------------------------------------
 def image_step(cfg: PipelineConfig, reg: Registry, group_id: str, overrides: dict | None = None) -> dict:
     from .imaging import ImagingParams, image_ms
@@ -163,13 +111,16 @@ def qa_image(cfg: PipelineConfig, image: dict) -> dict:
     return {"qa_status": status, "reasons": reasons, "dynamic_range": dr}
 
 
-def register_image(cfg: PipelineConfig, reg: Registry, group_id: str, image: dict, qa: dict) -> dict:
+def register_image(cfg: PipelineConfig, reg: Registry, group_id: str, image: dict, qa: dict,
+                   applied: dict | None = None) -> dict:
+    """Record the image with its QA and the calibration tables that were applied to its data."""
+    calibration = (applied or {}).get("calibration", [])
     pid = reg.register_product("image", _safe(group_id), image["pbcor_fits"], group_id=group_id,
                                qa_status=qa["qa_status"], mid_mjd=image.get("mid_mjd"),
-                               metrics={**image, **qa})
+                               metrics={**image, **qa}, provenance={"calibration": calibration})
     reg.update_group(group_id, status="imaged" if qa["qa_status"] == "good" else "failed",
                      message=None if qa["qa_status"] == "good" else "; ".join(qa["reasons"]))
-    return {"product_id": pid, "qa_status": qa["qa_status"]}
+    return {"product_id": pid, "qa_status": qa["qa_status"], "calibration": calibration}
 
 
 # -- mosaic windows ---------------------------------------------------------------

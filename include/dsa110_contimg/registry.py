@@ -1,25 +1,51 @@
-"""Domain registries Airflow does not model: groups, calibration tables,
+"""Domain registries Airflow does not model: groups, calibration sets,
 products and sources (DESIGN.md section 4).
 
 SQLAlchemy Core tables in a ``contimg`` schema on PostgreSQL (same database as
 the Airflow metadata) or in a plain SQLite file beside Airflow's in the
 embedded default; the code is the same. Every state change is one
-transaction. ``Registry.migrate()`` creates what is missing and records the
-schema version, so it is safe to call from every task.
+transaction.
+
+The schema is versioned with Alembic (``dsa110_contimg/migrations``), in its
+own version table ``contimg_alembic_version`` so it never meets Airflow's
+``public.alembic_version``. ``Registry.migrate()`` is called by every task, so
+it is cheap when the schema is current and safe when several task processes
+call it at once.
 """
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from functools import lru_cache
+from typing import Any, Iterable, Iterator
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 1
+from .migrations import ATTR_CONNECTION, ATTR_SCHEMA, SCRIPT_LOCATION, VERSION_TABLE
+
+log = logging.getLogger(__name__)
+
 GROUP_STATES = ("ingested", "converted", "calibrated", "imaged", "failed")
+CALSET_KINDS = ("bandpass", "gains")  # daily K/B/G set; hourly G-only set
+CALSET_STATES = ("active", "retired", "failed")
+CALTABLE_TYPES = ("K", "B", "G")  # also the order CASA must apply them in
+_APPLY_RANK = {t: i for i, t in enumerate(CALTABLE_TYPES)}
+LEGACY_REVISION = "0001"  # what the pre-Alembic create_all schema (schema_meta version 1) is
+LEGACY_TABLES = ("schema_meta", "groups", "caltables", "products", "sources")
+_SQLITE_LOCK_RETRIES = 8
+_AT_HEAD: set[tuple[str, str | None]] = set()  # (url, schema) already migrated by this process
 
 
 def _now() -> datetime:
@@ -27,6 +53,7 @@ def _now() -> datetime:
 
 
 def _tables(schema: str | None) -> tuple[sa.MetaData, dict[str, sa.Table]]:
+    """The schema at the head revision, for queries (migrations create it, not this)."""
     md = sa.MetaData(schema=schema)
     t = {}
     t["meta"] = sa.Table(
@@ -62,7 +89,14 @@ def _tables(schema: str | None) -> tuple[sa.MetaData, dict[str, sa.Table]]:
         sa.Column("source_ms", sa.Text),
         sa.Column("qa", sa.Text),  # JSON
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("set_kind", sa.String(16), nullable=False, server_default="bandpass"),
+        sa.Column("status_reason", sa.Text),
+        sa.Column("base_set", sa.String(128)),  # gains set: the bandpass set it was solved against
+        sa.Column("solver_params", sa.Text),  # JSON
+        sa.Column("casa_version", sa.String(64)),
         sa.UniqueConstraint("set_name", "table_type", name="uq_caltable_set_type"),
+        sa.CheckConstraint("status IN ('active', 'retired', 'failed')", name="ck_caltables_status"),
+        sa.CheckConstraint("set_kind IN ('bandpass', 'gains')", name="ck_caltables_set_kind"),
     )
     t["products"] = sa.Table(
         "products", md,
@@ -78,6 +112,7 @@ def _tables(schema: str | None) -> tuple[sa.MetaData, dict[str, sa.Table]]:
         sa.Column("mid_mjd", sa.Float),
         sa.Column("metrics", sa.Text),  # JSON: rms, peak, beam, ...
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("provenance", sa.Text),  # JSON: inputs, caltables applied, parameters, versions
         sa.UniqueConstraint("kind", "name", name="uq_product_kind_name"),
     )
     t["sources"] = sa.Table(
@@ -97,6 +132,8 @@ def _tables(schema: str | None) -> tuple[sa.MetaData, dict[str, sa.Table]]:
 
 @dataclass(frozen=True)
 class CalTable:
+    """One table of an apply list; ``set_name``/``set_kind`` say which set it came from."""
+
     set_name: str
     table_type: str
     path: str
@@ -105,6 +142,60 @@ class CalTable:
     valid_to_mjd: float
     status: str
     calibrator: str | None = None
+    set_kind: str = "bandpass"
+
+
+# -- migrations -------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _script() -> ScriptDirectory:
+    return ScriptDirectory(str(SCRIPT_LOCATION))
+
+
+def head_revision() -> str:
+    """The newest migration this code knows (what ``migrate()`` upgrades to)."""
+    head = _script().get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migration scripts in {SCRIPT_LOCATION}")
+    return head
+
+
+def _alembic_config(conn: Connection, schema: str | None) -> Config:
+    """An in-memory Alembic config that runs env.py on ``conn`` (no alembic.ini)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(SCRIPT_LOCATION).replace("%", "%%"))
+    cfg.attributes[ATTR_CONNECTION] = conn
+    cfg.attributes[ATTR_SCHEMA] = schema
+    return cfg
+
+
+def _current_revision(conn: Connection, schema: str | None) -> str | None:
+    ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE,
+                                                 "version_table_schema": schema})
+    return ctx.get_current_revision()
+
+
+def _is_sqlite_locked(exc: sa.exc.OperationalError) -> bool:
+    return "locked" in str(getattr(exc, "orig", exc)).lower()
+
+
+def _sqlite_immediate_engine(url: str) -> Engine:
+    """A throwaway engine whose transactions start with BEGIN IMMEDIATE.
+
+    pysqlite otherwise starts no transaction before DDL, so two processes
+    migrating one file would interleave their CREATE TABLEs; BEGIN IMMEDIATE
+    takes SQLite's write lock up front and the others wait (busy timeout)."""
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(eng, "connect")
+    def _connect(dbapi_conn, record) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        _sqlite_pragmas(dbapi_conn, record)
+
+    @sa.event.listens_for(eng, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return eng
 
 
 class Registry:
@@ -124,26 +215,93 @@ class Registry:
         self.metadata, self.t = _tables(schema)
 
     # -- schema -----------------------------------------------------------
-    def migrate(self) -> int:
-        """Create the schema and any missing tables; return the schema version."""
-        for attempt in range(5):
+    def migrate(self) -> str:
+        """Upgrade the schema to the newest revision; return that revision.
+
+        Every task calls this, so the common case costs nothing: a process
+        remembers the URLs it has brought to head, and otherwise a plain read
+        of the version table decides. Only a real upgrade takes the lock
+        (PostgreSQL advisory lock, SQLite write lock), and it re-reads the
+        version under it, so concurrent callers serialise and all but the
+        first find nothing to do. A database made by the pre-Alembic code is
+        stamped at revision 0001 first, keeping its rows."""
+        key = (self.url, self.schema)
+        head = head_revision()
+        if key in _AT_HEAD:
+            return head
+        if self.schema_revision() != head:
+            self._upgrade_with_retry()
+        _AT_HEAD.add(key)
+        return head
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None before the first migrate)."""
+        with self.engine.connect() as conn:
+            return _current_revision(conn, self.schema)
+
+    def _upgrade_with_retry(self) -> None:
+        """SQLite can still report 'database is locked' past the busy timeout; try again."""
+        for attempt in range(_SQLITE_LOCK_RETRIES):
             try:
-                with self.engine.begin() as conn:
-                    if self.schema:
-                        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-                    self.metadata.create_all(conn, checkfirst=True)
-                    meta = self.t["meta"]
-                    row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "version")).first()
-                    if row is None:
-                        conn.execute(meta.insert().values(key="version", value=str(SCHEMA_VERSION)))
-                    return SCHEMA_VERSION
-            except sa.exc.OperationalError:
-                if attempt == 4:
+                with self._migration_transaction() as conn:
+                    self._upgrade_locked(conn)
+                return
+            except sa.exc.OperationalError as exc:
+                if self.engine.dialect.name != "sqlite" or not _is_sqlite_locked(exc) \
+                        or attempt == _SQLITE_LOCK_RETRIES - 1:
                     raise
-                time.sleep(0.5 * (attempt + 1))
-            except sa.exc.IntegrityError:  # a concurrent migrate won the race
-                return SCHEMA_VERSION
-        return SCHEMA_VERSION
+                log.info("registry migration: database is locked, retrying (%d)", attempt + 1)
+                time.sleep(0.25 * (attempt + 1))
+
+    @contextmanager
+    def _migration_transaction(self) -> Iterator[Connection]:
+        """One transaction holding the database-wide migration lock."""
+        if self.engine.dialect.name == "postgresql":
+            lock_key = zlib.crc32(f"dsa110_contimg.registry.migrate:{self.schema}".encode())
+            with self.engine.begin() as conn:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key)))
+                yield conn
+            return
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
+            eng = _sqlite_immediate_engine(self.url)
+            try:
+                with eng.begin() as conn:
+                    yield conn
+            finally:
+                eng.dispose()
+            return
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _upgrade_locked(self, conn: Connection) -> None:
+        if self.schema and not sa.inspect(conn).has_schema(self.schema):
+            conn.execute(sa.schema.CreateSchema(self.schema))
+        cfg = _alembic_config(conn, self.schema)
+        current = _current_revision(conn, self.schema)
+        if current is None and self._is_legacy_v1(conn):
+            log.info("registry: pre-Alembic schema (version 1) found; stamping revision %s", LEGACY_REVISION)
+            command.stamp(cfg, LEGACY_REVISION)
+        elif current is not None:
+            _require_known(current)
+        command.upgrade(cfg, "head")
+
+    def _is_legacy_v1(self, conn: Connection) -> bool:
+        """True when the tables of the pre-Alembic create_all path are all here.
+
+        Some but not all of them, or a schema_meta version other than 1, is
+        a database this code cannot reason about: refuse rather than guess."""
+        present = set(sa.inspect(conn).get_table_names(schema=self.schema)) & set(LEGACY_TABLES)
+        if not present:
+            return False
+        if present != set(LEGACY_TABLES):
+            raise RuntimeError(f"registry {self.engine.url.render_as_string(hide_password=True)} has only some of "
+                               f"the pre-Alembic tables ({sorted(present)}); repair it by hand before migrating")
+        meta = self.t["meta"]
+        version = conn.execute(sa.select(meta.c.value).where(meta.c.key == "version")).scalar()
+        if version not in (None, "1"):
+            raise RuntimeError(f"registry has no Alembic version table but schema_meta version {version!r}; "
+                               "only version 1 can be adopted")
+        return True
 
     # -- groups -----------------------------------------------------------
     def record_group(self, group_id: str, start_mjd: float, files: Iterable[str], status: str = "ingested") -> bool:
@@ -187,38 +345,115 @@ class Registry:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     # -- calibration ------------------------------------------------------
-    def register_caltables(self, set_name: str, tables: list[tuple[str, str]], valid_from_mjd: float,
-                           valid_to_mjd: float, status: str = "active", calibrator: str | None = None,
-                           refant: str | None = None, source_ms: str | None = None,
-                           qa: dict | None = None) -> int:
-        """Register (or replace) one calibration set: ``tables`` = [(type, path)] in apply order."""
+    def register_calset(self, set_name: str, kind: str, tables: list[tuple[str, str]], valid_from_mjd: float,
+                        valid_to_mjd: float, *, status: str = "active", reason: str | None = None,
+                        calibrator: str | None = None, refant: str | None = None, source_ms: str | None = None,
+                        solver_params: dict | None = None, casa_version: str | None = None,
+                        qa: dict | None = None, base_set: str | None = None) -> int:
+        """Register calibration set ``set_name``, replacing any set of that name; return its table count.
+
+        ``tables`` = [(type, path)] in apply order (K, B, G). A 'bandpass' set
+        (daily) must hold a B table; a 'gains' set (hourly) holds exactly one
+        G table and names in ``base_set`` the registered bandpass set it was
+        solved against. Replacing a set also retires the active gains sets
+        solved against it: their G matched tables that no longer exist under
+        that name. All of it is one transaction. Bad arguments raise
+        ValueError saying what is wrong."""
+        tables = _checked_calset(set_name, kind, tables, valid_from_mjd, valid_to_mjd, status, base_set)
         c = self.t["caltables"]
+        common = dict(set_name=set_name, set_kind=kind, valid_from_mjd=float(valid_from_mjd),
+                      valid_to_mjd=float(valid_to_mjd), status=status, status_reason=reason,
+                      calibrator=calibrator, refant=refant, source_ms=None if source_ms is None else str(source_ms),
+                      solver_params=_dumps(solver_params), casa_version=casa_version, qa=_dumps(qa or {}),
+                      base_set=base_set, created_at=_now())
+        rows = [{**common, "table_type": ttype, "path": path, "apply_order": order}
+                for order, (ttype, path) in enumerate(tables)]
         with self.engine.begin() as conn:
-            conn.execute(c.delete().where(c.c.set_name == set_name))
-            for order, (ttype, path) in enumerate(tables):
-                conn.execute(c.insert().values(
-                    set_name=set_name, table_type=ttype, path=str(path), apply_order=order,
-                    valid_from_mjd=valid_from_mjd, valid_to_mjd=valid_to_mjd, status=status,
-                    calibrator=calibrator, refant=refant, source_ms=source_ms,
-                    qa=json.dumps(qa or {}), created_at=_now(),
-                ))
-        return len(tables)
+            if base_set is not None:
+                self._require_bandpass_set(conn, base_set)
+            if conn.execute(c.delete().where(c.c.set_name == set_name)).rowcount:
+                self._retire_dependents(conn, set_name)
+            conn.execute(c.insert(), rows)
+        return len(rows)
+
+    def _require_bandpass_set(self, conn: Connection, name: str) -> None:
+        c = self.t["caltables"]
+        kind = conn.execute(sa.select(c.c.set_kind).where(c.c.set_name == name).limit(1)).scalar()
+        if kind != "bandpass":
+            raise ValueError(f"base_set {name!r} is not a registered bandpass set"
+                             + (f" (it is a {kind} set)" if kind else ""))
+
+    def _retire_dependents(self, conn: Connection, set_name: str) -> None:
+        c = self.t["caltables"]
+        n = conn.execute(c.update().where(c.c.base_set == set_name, c.c.status == "active").values(
+            status="retired", status_reason=f"base set {set_name} was re-registered")).rowcount
+        if n:
+            log.info("calibration: retired %d gains table(s) solved against the replaced set %s", n, set_name)
 
     def apply_list(self, mjd: float) -> list[CalTable]:
-        """Ordered tables of the newest active set whose validity covers ``mjd``."""
+        """The tables to apply to data at ``mjd``, in apply order.
+
+        The rule: among ACTIVE sets whose validity window covers ``mjd``
+        (inclusive), take the newest (created_at, then id) 'bandpass' set and
+        its tables in apply order (K, B, G). If an active 'gains' set covers
+        ``mjd`` and was solved against that very bandpass set (``base_set``),
+        the newest such set's G replaces the bandpass set's G: a G is only
+        meaningful on top of the B it was solved with, so gains solved against
+        another bandpass are never mixed in. Failed and retired sets never
+        appear. No bandpass set covering ``mjd`` gives []."""
         c = self.t["caltables"]
-        q = (sa.select(c).where(c.c.status == "active", c.c.valid_from_mjd <= mjd, c.c.valid_to_mjd >= mjd)
-             .order_by(c.c.created_at.desc(), c.c.id.desc()))
+        q = sa.select(c).where(c.c.status == "active", c.c.valid_from_mjd <= mjd, c.c.valid_to_mjd >= mjd)
+        with self.engine.connect() as conn:  # one statement: one consistent snapshot
+            rows = list(conn.execute(q).mappings())
+        bandpass = _newest_set([r for r in rows if r["set_kind"] == "bandpass"])
+        if bandpass is None:
+            return []
+        chosen = [r for r in rows if r["set_name"] == bandpass]
+        gains = _newest_set([r for r in rows if r["set_kind"] == "gains" and r["base_set"] == bandpass])
+        if gains is not None:
+            chosen = [r for r in chosen if r["table_type"] != "G"]
+            chosen += [r for r in rows if r["set_name"] == gains and r["table_type"] == "G"]
+        chosen.sort(key=lambda r: (_APPLY_RANK.get(r["table_type"], len(_APPLY_RANK)), r["apply_order"]))
+        return [_caltable(r) for r in chosen]
+
+    def calsets(self, status: str | None = None, kind: str | None = None) -> list[dict]:
+        """One dict per calibration set, oldest first, with its tables [(type, path)] in apply order.
+
+        ``qa`` is a dict ({} when none was recorded), ``solver_params`` a dict
+        or None (sets registered before it was recorded)."""
+        c = self.t["caltables"]
+        q = sa.select(c).order_by(c.c.created_at, c.c.id)
+        if status is not None:
+            q = q.where(c.c.status == status)
+        if kind is not None:
+            q = q.where(c.c.set_kind == kind)
         with self.engine.connect() as conn:
             rows = list(conn.execute(q).mappings())
-        if not rows:
-            return []
-        newest = rows[0]["set_name"]
-        chosen = sorted((r for r in rows if r["set_name"] == newest), key=lambda r: r["apply_order"])
-        return [CalTable(r["set_name"], r["table_type"], r["path"], r["apply_order"],
-                         r["valid_from_mjd"], r["valid_to_mjd"], r["status"], r["calibrator"]) for r in chosen]
+        sets: dict[str, dict] = {}
+        for r in rows:
+            sets.setdefault(r["set_name"], _calset(r))["tables"].append((r["apply_order"], r["table_type"], r["path"]))
+        for s in sets.values():
+            s["tables"] = [(ttype, path) for _, ttype, path in sorted(s["tables"])]
+        return list(sets.values())
+
+    def retire_calset(self, set_name: str, reason: str) -> int:
+        """Take a set out of use (status 'retired', with the reason); return the rows changed.
+
+        The rows stay, so what was applied to earlier data remains on record.
+        KeyError when no set has that name."""
+        if not reason or not reason.strip():
+            raise ValueError("retiring a calibration set needs a reason")
+        c = self.t["caltables"]
+        with self.engine.begin() as conn:
+            n = conn.execute(c.update().where(c.c.set_name == set_name).values(
+                status="retired", status_reason=reason)).rowcount
+        if n == 0:
+            raise KeyError(f"no calibration set named {set_name!r}")
+        log.info("calibration: set %s retired (%s)", set_name, reason)
+        return n
 
     def caltables(self) -> list[dict]:
+        """Every registered table, one row each, as stored (JSON columns as text)."""
         c = self.t["caltables"]
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(sa.select(c).order_by(c.c.id)).mappings()]
@@ -227,12 +462,15 @@ class Registry:
     def register_product(self, kind: str, name: str, path: str, *, group_id: str | None = None,
                          window: str | None = None, qa_status: str | None = None,
                          mid_mjd: float | None = None, metrics: dict | None = None,
-                         status: str = "staged") -> int:
-        """Insert or replace the product (kind, name); return its id."""
+                         status: str = "staged", provenance: dict | None = None) -> int:
+        """Insert or replace the product (kind, name); return its id.
+
+        ``provenance`` records how it was made (input files, calibration
+        tables applied, parameters, software versions) as JSON."""
         p = self.t["products"]
         values = dict(kind=kind, name=name, path=str(path), group_id=group_id, window=window,
                       qa_status=qa_status, mid_mjd=mid_mjd, metrics=json.dumps(metrics or {}),
-                      status=status, created_at=_now(), published_path=None)
+                      status=status, created_at=_now(), published_path=None, provenance=_dumps(provenance))
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(p.c.id).where(p.c.kind == kind, p.c.name == name)).first()
             if row:
@@ -246,6 +484,7 @@ class Registry:
             conn.execute(p.update().where(p.c.id == product_id).values(status="published", published_path=str(published_path)))
 
     def products(self, kind: str | None = None, status: str | None = None) -> list[dict]:
+        """Products in id order; ``metrics`` parsed ({} if none), ``provenance`` parsed (None if none)."""
         p = self.t["products"]
         q = sa.select(p).order_by(p.c.id)
         if kind:
@@ -256,6 +495,7 @@ class Registry:
             rows = [dict(r) for r in conn.execute(q).mappings()]
         for r in rows:
             r["metrics"] = json.loads(r["metrics"] or "{}")
+            r["provenance"] = _loads(r["provenance"])
         return rows
 
     def images_between(self, start_mjd: float, end_mjd: float) -> list[dict]:
@@ -281,6 +521,82 @@ class Registry:
             q = q.where(s.c.product_id == product_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def _checked_calset(set_name: str, kind: str, tables: list[tuple[str, str]], valid_from_mjd: float,
+                    valid_to_mjd: float, status: str, base_set: str | None) -> list[tuple[str, str]]:
+    """Validate a calibration set's arguments; return its tables as [(type, path)] strings."""
+    if not set_name or len(set_name) > 128:
+        raise ValueError(f"calibration set name {set_name!r} must be 1-128 characters")
+    if kind not in CALSET_KINDS:
+        raise ValueError(f"calibration set kind {kind!r} is not one of {CALSET_KINDS}")
+    if status not in CALSET_STATES:
+        raise ValueError(f"calibration set status {status!r} is not one of {CALSET_STATES}")
+    _check_window(valid_from_mjd, valid_to_mjd)
+    tables = [(str(t), str(p)) for t, p in tables]
+    types = [t for t, _ in tables]
+    bad = [t for t in types if t not in CALTABLE_TYPES]
+    if not tables or bad:
+        raise ValueError(f"set {set_name}: table types {types} must be a non-empty list of {CALTABLE_TYPES}")
+    if types != sorted(set(types), key=CALTABLE_TYPES.index):
+        raise ValueError(f"set {set_name}: tables {types} must be in apply order K, B, G, each type once")
+    if kind == "bandpass" and ("B" not in types or base_set is not None):
+        raise ValueError(f"bandpass set {set_name} needs a B table and no base_set (got {types}, {base_set!r})")
+    if kind == "gains" and (types != ["G"] or not base_set or base_set == set_name):
+        raise ValueError(f"gains set {set_name} needs exactly one G table and the name of the bandpass set "
+                         f"it was solved against in base_set (got {types}, {base_set!r})")
+    return tables
+
+
+def _check_window(valid_from_mjd: float, valid_to_mjd: float) -> None:
+    if not (math.isfinite(valid_from_mjd) and math.isfinite(valid_to_mjd)):
+        raise ValueError(f"validity window MJD {valid_from_mjd}-{valid_to_mjd} is not finite")
+    if valid_to_mjd <= valid_from_mjd:
+        raise ValueError(f"validity window ends (MJD {valid_to_mjd}) at or before it starts (MJD {valid_from_mjd})")
+
+
+def _newest_set(rows: list[Any]) -> str | None:
+    """Name of the most recently registered set among ``rows`` (created_at, then id)."""
+    if not rows:
+        return None
+    return max(rows, key=lambda r: (r["created_at"], r["id"]))["set_name"]
+
+
+def _caltable(r: Any) -> CalTable:
+    return CalTable(r["set_name"], r["table_type"], r["path"], r["apply_order"], r["valid_from_mjd"],
+                    r["valid_to_mjd"], r["status"], r["calibrator"], r["set_kind"])
+
+
+def _calset(r: Any) -> dict:
+    """The set-level fields of one caltables row (they are the same on every row of a set)."""
+    return {"set_name": r["set_name"], "kind": r["set_kind"], "status": r["status"], "reason": r["status_reason"],
+            "valid_from_mjd": r["valid_from_mjd"], "valid_to_mjd": r["valid_to_mjd"],
+            "calibrator": r["calibrator"], "refant": r["refant"], "source_ms": r["source_ms"],
+            "casa_version": r["casa_version"], "base_set": r["base_set"], "qa": _loads(r["qa"]) or {},
+            "solver_params": _loads(r["solver_params"]), "created_at": _as_utc(r["created_at"]), "tables": []}
+
+
+def _as_utc(dt: datetime) -> datetime:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _dumps(obj: dict | None) -> str | None:
+    """JSON text of a dict column; None stays NULL. Paths and the like become strings."""
+    return None if obj is None else json.dumps(obj, default=str)
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _require_known(revision: str) -> None:
+    """A database migrated by newer code must not be touched by older code."""
+    try:
+        _script().get_revision(revision)
+    except CommandError as exc:
+        raise RuntimeError(f"registry schema is at revision {revision!r}, which this code does not know "
+                           f"(newest known: {head_revision()}); is it newer software's database?") from exc
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -39,3 +39,18 @@ def imaging_params(cfg: PipelineConfig) -> dict[str, Param]:
         "imaging_robust": Param(cfg.imaging_robust, type="number", minimum=-2, maximum=2,
                                 description="Briggs robust weighting"),
     }
+
+
+MAX_CALIBRATION_WAIT_HOURS = 48.0  # the sensor's hard timeout; the run Param picks the limit below it
+
+
+def calibration_params(cfg: PipelineConfig) -> dict[str, Param]:
+    """Calibration choices offered in the trigger form, validated by JSON schema."""
+    return {
+        "calibration_wait_hours": Param(cfg.calibration_wait_hours, type="number", exclusiveMinimum=0,
+                                        maximum=MAX_CALIBRATION_WAIT_HOURS,
+                                        description="how long a group waits for a valid bandpass before failing"),
+        "calibration_flagging": Param(cfg.calibration_flagging, type="string",
+                                      enum=["auto", "aoflagger", "casa", "none"],
+                                      description="RFI flagger of calibration solves (auto = AOFlagger if installed)"),
+    }

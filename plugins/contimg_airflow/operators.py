@@ -39,7 +39,11 @@ class ConvertOperator(_StageOperator):
 
 
 class CalibrationAvailableSensor(BaseSensorOperator):
-    """Waits (rescheduled, no slot held) until a calibration covers the group."""
+    """Waits (rescheduled, no slot held) until a good bandpass covers the group.
+
+    Gives up after the run's ``calibration_wait_hours`` with the reason ("no
+    valid bandpass at MJD ...") recorded on the group; clearing the task once a
+    solution exists makes the group go on."""
 
     template_fields: Sequence[str] = ("group_id",)
 
@@ -49,19 +53,66 @@ class CalibrationAvailableSensor(BaseSensorOperator):
         self.group_id = group_id
 
     def poke(self, context) -> bool:
-        from dsa110_contimg.pipeline import calibration_available
+        from airflow.sdk.exceptions import AirflowFailException
 
-        ok = calibration_available(get_registry(), self.group_id)
-        if not ok:
-            self.log.info("no valid calibration yet for group %s", self.group_id)
-        return ok
+        from dsa110_contimg.calibration.stage import calibration_state, record_wait_failure
+
+        reg = get_registry()
+        ok, reason = calibration_state(reg, self.group_id)
+        if ok:
+            return True
+        waited = _waited_s(context)
+        limit = min(get_config(context["params"]).calibration_wait_hours * 3600.0, self.timeout)
+        self.log.info("group %s: %s (waited %.0f of %.0f s)", self.group_id, reason, waited, limit)
+        if waited >= limit:
+            message = f"{reason}; gave up after waiting {waited / 3600:.2f} h"
+            record_wait_failure(reg, self.group_id, message)
+            raise AirflowFailException(message)
+        return False
+
+
+def _waited_s(context) -> float:
+    """Seconds since this sensor's first poke (reschedule mode keeps it in the database)."""
+    from datetime import timezone
+
+    first = context["ti"].get_first_reschedule_date(context)
+    return 0.0 if first is None else (datetime.now(timezone.utc) - first).total_seconds()
+
+
+def _fail_on_qa(func, *args, **kwargs) -> dict:
+    """Run a solve; a QA failure fails the task at once (retrying would only repeat it)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from dsa110_contimg.errors import CalibrationQAError
+
+    try:
+        return func(*args, **kwargs)
+    except CalibrationQAError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+class SolveGainsOperator(_StageOperator):
+    """calibration solve (hourly): gains on a calibrator transiting during the group.
+
+    Succeeds without solving (``{"skipped": true, "reason": ...}`` in XCom)
+    when no calibrator of the strip transits during the group: a skipped
+    state would also skip ``apply_calibration`` under Airflow's trigger rules."""
+
+    def execute(self, context) -> dict:
+        from dsa110_contimg.calibration.stage import solve_gains_step
+
+        cfg, reg = self.setup(context)
+        res = _fail_on_qa(solve_gains_step, cfg, reg, self.group_id)
+        if res.get("skipped"):
+            self.log.info("no gains solved: %s", res["reason"])
+        return res
 
 
 class ApplyCalibrationOperator(_StageOperator):
     """calibration apply: the tables valid at the group's mid-time."""
 
     def execute(self, context) -> dict:
-        from dsa110_contimg.pipeline import apply_step
+        from dsa110_contimg.calibration.stage import apply_step
 
         cfg, reg = self.setup(context)
         return apply_step(cfg, reg, self.group_id)
@@ -98,17 +149,17 @@ class ImageQAOperator(_StageOperator):
 class RegisterImageOperator(_StageOperator):
     """register: record the image and its QA in the products registry."""
 
-    template_fields: Sequence[str] = ("group_id", "image", "qa")
+    template_fields: Sequence[str] = ("group_id", "image", "qa", "applied")
 
-    def __init__(self, *, image: Any, qa: Any, **kwargs: Any):
+    def __init__(self, *, image: Any, qa: Any, applied: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.image, self.qa = image, qa
+        self.image, self.qa, self.applied = image, qa, applied
 
     def execute(self, context) -> dict:
         from dsa110_contimg.pipeline import register_image
 
         cfg, reg = self.setup(context)
-        return register_image(cfg, reg, self.group_id, self.image, self.qa)
+        return register_image(cfg, reg, self.group_id, self.image, self.qa, self.applied)
 
 
 class CalibratorGroupSensor(BaseSensorOperator):
@@ -119,7 +170,7 @@ class CalibratorGroupSensor(BaseSensorOperator):
         super().__init__(**kwargs)
 
     def poke(self, context) -> PokeReturnValue:
-        from dsa110_contimg.pipeline import calibrator_group
+        from dsa110_contimg.calibration.stage import calibrator_group
 
         transit: datetime = context["logical_date"]
         row = calibrator_group(get_config(context["params"]), get_registry(), transit)
@@ -129,12 +180,13 @@ class CalibratorGroupSensor(BaseSensorOperator):
 
 
 class SolveCalibrationOperator(BaseOperator):
-    """calibration solve: bandpass and gains on the calibrator's group."""
+    """calibration solve (daily): delay, bandpass and gains on the calibrator's group."""
 
     def execute(self, context) -> dict:
-        from dsa110_contimg.pipeline import solve_step
+        from dsa110_contimg.calibration.stage import solve_bandpass_step
 
-        return solve_step(get_config(context["params"]), get_registry(), context["logical_date"])
+        return _fail_on_qa(solve_bandpass_step, get_config(context["params"]), get_registry(),
+                           context["logical_date"])
 
 
 class WindowImagesSensor(BaseSensorOperator):

@@ -38,12 +38,18 @@ def test_group_dag_stage_order(dagbag):
     dag = dagbag.dags["group"]
     assert type(dag.timetable).__name__ == "NullTimetable"  # only ingest starts group runs
     assert _edges(dag) == {
-        ("convert", "wait_for_calibration"), ("wait_for_calibration", "apply_calibration"),
-        ("apply_calibration", "image"), ("image", "qa"), ("image", "register"), ("qa", "register"),
+        ("convert", "wait_for_calibration"), ("wait_for_calibration", "solve_gains"),
+        ("wait_for_calibration", "apply_calibration"), ("solve_gains", "apply_calibration"),
+        ("apply_calibration", "image"), ("apply_calibration", "register"),
+        ("image", "qa"), ("image", "register"), ("qa", "register"),
     }
     sensor = dag.get_task("wait_for_calibration")
     assert sensor.mode == "reschedule"  # waits without holding a worker slot
-    assert {"group_id", "imaging_backend", "imaging_niter", "imaging_robust"} <= set(dag.params.keys())
+    assert sensor.timeout == 48 * 3600  # backstop; the run's calibration_wait_hours decides
+    # a failed hourly-gains solve alerts, but the group goes on with the sets in force
+    assert dag.get_task("apply_calibration").trigger_rule == "all_done_min_one_success"
+    assert {"group_id", "imaging_backend", "imaging_niter", "imaging_robust", "calibration_wait_hours",
+            "calibration_flagging"} <= set(dag.params.keys())
 
 
 def test_ingest_dag_triggers_group_runs(dagbag):

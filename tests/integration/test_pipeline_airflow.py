@@ -6,15 +6,17 @@ api-server), lets the ingest sensor find the groups, and asserts on the
 products against the simulator's truth."""
 from __future__ import annotations
 
+import json
 import math
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dsa110_contimg.calibrators import get_calibrator, transit_on
+from dsa110_contimg.config import PipelineConfig
 from dsa110_contimg.instrument import INTEGRATION_S, N_SUBBANDS, preset
 from dsa110_contimg.localstack import LocalAirflow, free_port
 from dsa110_contimg.pipeline import open_registry, summary
@@ -60,11 +62,67 @@ def run(tmp_path_factory):
         runs = {d: stack.list_runs(d) for d in ("ingest", "group", "bandpass", "mosaic")}
         token = stack.api_token("admin", "admin")  # the README's login
         api_dags = stack.api_get("/api/v2/dags", token)
+        group_tasks = {r["run_id"]: {t["task_id"]: t["state"] for t in stack.api_get(
+            f"/api/v2/dags/group/dagRuns/{r['run_id']}/taskInstances", token)["task_instances"]}
+            for r in runs["group"]}
+        gains_xcom = {r["run_id"]: _as_json(stack.api_get(
+            f"/api/v2/dags/group/dagRuns/{r['run_id']}/taskInstances/solve_gains/xcomEntries/return_value",
+            token)["value"]) for r in runs["group"]}
+        late = _late_group_waits_fails_then_clears(stack, token, root, start + timedelta(days=2))
     finally:
         stack.stop()
     reg = open_registry(f"sqlite:///{stack.registry_db}")
-    return {"sim": sim, "stack": stack, "summary": s, "reg": reg, "runs": runs, "api_dags": api_dags, "data": data, "transit": transit,
-            "wall_s": time.monotonic() - t0}
+    return {"sim": sim, "stack": stack, "summary": s, "reg": reg, "runs": runs, "api_dags": api_dags, "data": data,
+            "transit": transit, "late": late, "group_tasks": group_tasks,
+            "gains_xcom": gains_xcom, "wall_s": time.monotonic() - t0}
+
+
+def _as_json(value):
+    """An XCom value as the API returns it: already decoded, or a JSON string."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _wait_run(stack: LocalAirflow, token: str, run_id: str, states: set[str], timeout_s: float = 600) -> dict:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        stack.check_alive()
+        run = stack.api_get(f"/api/v2/dags/group/dagRuns/{run_id}", token)
+        if run["state"] in states:
+            return run
+        time.sleep(5)
+    raise AssertionError(f"group run {run_id} did not reach {states} in {timeout_s} s")
+
+
+def _late_group_waits_fails_then_clears(stack: LocalAirflow, token: str, root: Path, when) -> dict:
+    """A group two days after the only bandpass: it waits, gives up with the reason; once a
+    bandpass covers it, clearing the sensor task reprocesses it through the real scheduler."""
+    from dsa110_contimg.pipeline import new_ready_groups, record_groups
+
+    late_dir = root / "late_incoming"  # outside incoming: this group is started by hand, as an operator would
+    simulate_session(late_dir, PRESET, when, 1, DEC, seed=5, catalog_path=root / "late_catalog.tsv")
+    reg = open_registry(f"sqlite:///{stack.registry_db}")
+    cfg = PipelineConfig(data_dir=root, incoming_dir=late_dir, group_timeout_s=0)
+    settled = datetime.now(timezone.utc) + timedelta(minutes=1)  # the files were written a moment ago
+    (gid,) = record_groups(reg, new_ready_groups(cfg, set(), now=settled))
+    run_id = f"group__late_{gid.replace(':', '')}"
+    stack.api_request("POST", "/api/v2/dags/group/dagRuns", token, {
+        "dag_run_id": run_id, "logical_date": None,
+        "conf": {"group_id": gid, "calibration_wait_hours": 0.01}})  # 36 s instead of the default 6 h
+    failed = _wait_run(stack, token, run_id, {"failed", "success"})
+    tis = {t["task_id"]: t["state"] for t in stack.api_get(
+        f"/api/v2/dags/group/dagRuns/{run_id}/taskInstances", token)["task_instances"]}
+    message = reg.get_group(gid)["message"]
+    # A bandpass now covers the late group: the daily set's tables, registered as a new set.
+    daily = next(c for c in reg.calsets(status="active", kind="bandpass"))
+    row = reg.get_group(gid)
+    reg.register_calset("manual_late", "bandpass", daily["tables"], row["mid_mjd"] - 0.5, row["mid_mjd"] + 0.5,
+                        calibrator=daily["calibrator"], refant=daily["refant"], source_ms=daily["source_ms"])
+    stack.api_request("POST", "/api/v2/dags/group/clearTaskInstances", token, {
+        "dry_run": False, "dag_run_id": run_id, "task_ids": ["wait_for_calibration"], "include_downstream": True,
+        "only_failed": False, "reset_dag_runs": True})
+    final = _wait_run(stack, token, run_id, {"failed", "success"})
+    return {"group_id": gid, "first_state": failed["state"], "first_tasks": tis, "first_message": message,
+            "final_state": final["state"]}
 
 
 def test_every_group_processed_through_airflow(run):
@@ -110,11 +168,53 @@ def test_measurement_set_has_expected_layout(run):
 
 
 def test_calibration_registered_and_applied(run):
-    tables = run["reg"].caltables()
-    assert len(tables) >= 2 and {t["table_type"] for t in tables} >= {"B", "G"}
-    assert all(Path(t["path"]).exists() and t["status"] == "active" for t in tables)
+    """The daily bandpass set (24 h) and the hourly gains solved by the transit group's run (1 h)."""
+    reg = run["reg"]
     transit_mjd = run["transit"].timestamp() / 86400 + 40587
-    assert all(t["valid_from_mjd"] < transit_mjd < t["valid_to_mjd"] for t in tables)
+    daily = [c for c in reg.calsets(kind="bandpass") if c["set_name"] != "manual_late"]
+    hourly = reg.calsets(kind="gains")
+    assert len(daily) == 1 and len(hourly) == 1, (daily, hourly)
+    (d,), (h,) = daily, hourly
+    assert d["status"] == "active" and [t for t, _ in d["tables"]] == ["B", "G"]
+    assert d["valid_from_mjd"] == pytest.approx(transit_mjd - 0.5, abs=1e-6)
+    assert d["valid_to_mjd"] == pytest.approx(transit_mjd + 0.5, abs=1e-6)
+    assert d["qa"]["status"] == "good" and d["casa_version"].startswith("6.7")
+    assert d["refant"] and d["source_ms"] and d["solver_params"]["flagging"] == "auto"
+    assert h["status"] == "active" and h["base_set"] == d["set_name"] and [t for t, _ in h["tables"]] == ["G"]
+    assert h["valid_to_mjd"] - h["valid_from_mjd"] == pytest.approx(1 / 24, abs=1e-6)
+    assert all(Path(p).exists() for c in (d, h) for _, p in c["tables"])
+    plots = [Path(p + ".png") for _, p in d["tables"]]
+    assert all(p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    # Each image records what was applied: the daily B, and the G in force when its group ran. The
+    # transit group solves the hourly G before applying; its neighbours may have run before it existed.
+    transit_group = d["set_name"].split("_", 1)[1]
+    for img in reg.products(kind="image"):
+        cal = {c["type"]: c["set"] for c in img["provenance"]["calibration"]}
+        if img["group_id"] == run["late"]["group_id"]:
+            assert cal == {"B": "manual_late", "G": "manual_late"}
+        elif img["group_id"].replace(":", "") == transit_group:
+            assert cal == {"B": d["set_name"], "G": h["set_name"]}, (img["group_id"], cal)
+        else:
+            assert cal["B"] == d["set_name"] and cal["G"] in (d["set_name"], h["set_name"]), (img["group_id"], cal)
+
+
+def test_hourly_gains_solved_only_by_the_transit_group(run):
+    states = run["group_tasks"]
+    assert all(set(s.values()) == {"success"} for s in states.values()), states
+    solved = [run_id for run_id, x in run["gains_xcom"].items() if not x["skipped"]]
+    assert len(solved) == 1, run["gains_xcom"]  # only the group containing the 0834+555 transit
+    assert all("no calibrator of the strip transits" in x["reason"] for x in run["gains_xcom"].values()
+               if x["skipped"])
+
+
+def test_group_without_calibration_waits_fails_with_reason_then_clears(run):
+    late = run["late"]
+    assert late["first_state"] == "failed"
+    assert late["first_tasks"]["wait_for_calibration"] == "failed"
+    assert late["first_tasks"]["image"] in ("upstream_failed", None)
+    assert "no valid bandpass at MJD" in late["first_message"] and "gave up after waiting" in late["first_message"]
+    assert late["final_state"] == "success"
+    assert run["reg"].get_group(late["group_id"])["status"] == "imaged"
 
 
 def test_brightest_source_flux_after_pbcor(run):

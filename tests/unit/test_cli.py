@@ -30,3 +30,65 @@ def test_bad_input_reports_file_and_reason(tmp_path, capsys):
     assert main(["convert", str(bad), "--out", str(tmp_path / "ms")]) == 2
     err = json.loads(capsys.readouterr().err)
     assert err["path"] and err["reason"]
+
+
+# -- dsa110 registry: summary (default), list, retire ------------------------------------
+def _calset_registry(tmp_path) -> str:
+    """A SQLite registry holding a bandpass set, a gains set on it, and a failed set."""
+    from dsa110_contimg.registry import Registry
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    reg = Registry(url)
+    reg.migrate()
+    reg.register_calset("bp_0834", "bandpass", [("K", "/c/bp.K"), ("B", "/c/bp.B"), ("G", "/c/bp.G")],
+                        61055.0, 61056.0, calibrator="0834+555", refant="25",
+                        qa={"flagged_fraction": 0.0125, "n_solutions": 4096, "status": "good"})
+    reg.register_calset("g_1000", "gains", [("G", "/c/g.G")], 61055.4, 61055.45, base_set="bp_0834")
+    reg.register_calset("bp_bad", "bandpass", [("B", "/c/bad.B")], 61055.0, 61056.0, status="failed",
+                        reason="flagged 80%")
+    reg.engine.dispose()
+    return url
+
+
+def test_registry_defaults_to_summary(tmp_path, capsys):
+    url = _calset_registry(tmp_path)
+    assert main(["registry", "--registry", url]) == 0
+    assert json.loads(capsys.readouterr().out)["caltables"] == 5
+    assert main(["registry", "summary", "--registry", url]) == 0
+    assert json.loads(capsys.readouterr().out)["caltables"] == 5
+    assert main(["registry", "migrate", "--registry", url]) == 0
+    assert json.loads(capsys.readouterr().out) == {"schema_revision": "0002"}
+
+
+def test_registry_list_table_and_json(tmp_path, capsys):
+    url = _calset_registry(tmp_path)
+    assert main(["registry", "list", "--registry", url]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["SET", "KIND", "STATUS"] and len(lines) == 4
+    bp = next(line for line in lines if line.startswith("bp_0834"))
+    for text in ("bandpass", "active", "2026-01-15T00:00:00Z", "2026-01-16T00:00:00Z", "61055.00000-61056.00000",
+                 "0834+555", "25", "K,B,G", "flagged=0.0125", "nsol=4096"):
+        assert text in bp
+    assert "base bp_0834" in next(line for line in lines if line.startswith("g_1000"))
+    assert "flagged 80%" in next(line for line in lines if line.startswith("bp_bad"))
+    # --registry may also come before the action; filters narrow the JSON list
+    assert main(["registry", "--registry", url, "list", "--status", "active", "--kind", "gains", "--json"]) == 0
+    [g] = json.loads(capsys.readouterr().out)
+    assert (g["set_name"], g["kind"], g["base_set"], g["tables"]) == ("g_1000", "gains", "bp_0834", [["G", "/c/g.G"]])
+
+
+def test_registry_retire(tmp_path, capsys):
+    import pytest
+
+    url = _calset_registry(tmp_path)
+    assert main(["registry", "retire", "g_1000", "--reason", "phase jump", "--registry", url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"retired": "g_1000", "kind": "gains", "rows": 1, "reason": "phase jump",
+                   "tables": [["G", "/c/g.G"]]}
+    assert main(["registry", "list", "--status", "retired", "--json", "--registry", url]) == 0
+    assert [s["reason"] for s in json.loads(capsys.readouterr().out)] == ["phase jump"]
+    with pytest.raises(SystemExit) as exc:
+        main(["registry", "retire", "no_such_set", "--reason", "typo", "--registry", url])
+    assert exc.value.code == 1
+    err = json.loads(capsys.readouterr().err)
+    assert "no calibration set named 'no_such_set'" in err["reason"]

@@ -5,10 +5,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from dsa110_contimg.calibration.stage import calibrator_group
 from dsa110_contimg.config import PipelineConfig
 from dsa110_contimg.errors import ContimgError
 from dsa110_contimg.pipeline import (
-    calibrator_group, new_ready_groups, open_registry, publish_step, qa_image, record_groups, summary, window_state,
+    new_ready_groups, open_registry, publish_step, qa_image, record_groups, summary, window_state,
 )
 from dsa110_contimg.registry import mjd_from_datetime
 

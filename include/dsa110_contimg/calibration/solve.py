@@ -1,19 +1,24 @@
-"""Calibration solve: bandpass (B) and complex gains (G) on a calibrator transit.
+"""Calibration solve on a calibrator transit: delay (K, optional), bandpass (B), gains (G).
 
-The calibrator drifts through the fixed meridian beam during the ~5-minute
-observation, so the sky model is a point source at the calibrator's ICRS
-position with flux ``S(nu) * B(t, nu)``: the catalogue spectrum times the Airy
-power pattern of the dish evaluated at the calibrator's separation from the
-meridian pointing at every integration. With that model, a bandpass solved with
-``solnorm=False`` carries the absolute gain amplitudes, and the gains solved on
-top of it (``'ap'``) take out what varies in time.
+Two kinds of solve share one recipe:
 
-The solve runs on a scratch copy of the MeasurementSet made inside a temporary
-directory in ``out_dir``: the input MS is left bit-identical (no autocorrelation
-flags, no MODEL_DATA column) so the ``group`` DAG can image the same
-calibrator MS at the same time without fighting over table locks, and a failed
-solve never leaves anything half-written. The tables are then renamed into
-place as ``<name>.B`` and ``<name>.G``.
+* ``bandpass`` (daily, the bandpass DAG): K (when asked) -> B -> G;
+* ``gains`` (hourly, a group run whose data hold a calibrator transit): G
+  only, on top of the K/B of the bandpass set in force (``prior``).
+
+The recipe, on a scratch copy so the input MS stays bit-identical (the
+``group`` DAG may image the same MS at the same time, and a failed solve never
+leaves anything half-written):
+
+1. phase-shift to the calibrator (``phaseshift``) — the copy is the shifted MS;
+2. flag autocorrelations, then RFI (AOFlagger when installed, else tfcrop+rflag);
+3. set the drift-scan model (:mod:`.model`);
+4. solve, measure QA (:mod:`.qa`), draw the QA plots;
+5. rename tables and plots into ``out_dir``.
+
+A set whose QA fails is still written (an operator wants to look at it) but
+its result says ``qa_status='failed'``; the caller registers it as failed so
+it never enters an apply list.
 """
 from __future__ import annotations
 
@@ -23,24 +28,25 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .. import casa_env
 from ..errors import CalibrationError
-from .. import geometry
-from ..geometry import angular_separation, meridian_direction, site_location
-from ..instrument import airy_beam
+from . import steps
+from .apply import cross_flagged_fraction
+from .model import POINTING_DEC_KEYWORD, calibrator_beam, read_ms_basics, set_calibrator_model
+from .qa import CalQAThresholds, assess, plot_bandpass, plot_gains, qa_summary, table_qa
+from .refant import antennas_with_data, pick_refant
 
 log = logging.getLogger(__name__)
 
-POINTING_DEC_KEYWORD = "DSA110_POINTING_DEC_RAD"
 MIN_BEAM = 0.05  # calibrator must be at least this far up the beam at some time
-MAX_FLAGGED_FRACTION = 0.5
-CHUNK_ELEMENTS = 4_000_000  # visibilities per read/write chunk (~64 MB as complex128)
+KINDS = ("bandpass", "gains")
+FLAGGING = ("auto", "aoflagger", "casa", "none")
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,9 @@ class CalSolveParams:
     """Parameters of a calibration solve (defaults run the demo).
 
     ``refant`` None picks an antenna with data near the array centre;
-    ``uvrange`` is a CASA uv-range selection ('' = all baselines)."""
+    ``uvrange`` is a CASA uv-range selection ('' = all baselines);
+    ``flagging`` chooses the RFI flagger; the ``max_*``/``min_*`` fields are
+    the QA gates (:class:`.qa.CalQAThresholds`)."""
 
     refant: str | None = None
     uvrange: str = ""
@@ -56,35 +64,53 @@ class CalSolveParams:
     gain_solint: str = "inf"
     bandpass_solint: str = "inf"
     validity_hours: float = 24.0
+    solve_delay: bool = False
+    flagging: str = "auto"
+    phase_shift: bool = True
+    max_flagged_fraction: float = 0.30
+    min_median_snr: float = 5.0
+    max_amp_scatter: float = 0.10
+    max_phase_scatter_deg: float = 10.0
 
     def __post_init__(self) -> None:
         if self.minsnr < 0:
             raise ValueError(f"minsnr {self.minsnr} must be >= 0")
         if self.validity_hours <= 0:
             raise ValueError(f"validity_hours {self.validity_hours} must be positive")
+        if self.flagging not in FLAGGING:
+            raise ValueError(f"flagging {self.flagging!r} not one of {', '.join(FLAGGING)}")
+        if not 0.0 <= self.max_flagged_fraction <= 1.0:
+            raise ValueError(f"max_flagged_fraction {self.max_flagged_fraction} outside [0, 1]")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "CalSolveParams":
         """Build from a dict (config, DAG Params); unknown keys are an error."""
         d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        types = {f.name: f.type for f in fields(cls)}
+        unknown = set(d) - set(types)
         if unknown:
             raise ValueError(f"unknown calibration parameters: {sorted(unknown)}")
-        if d.get("refant") in ("", None):
-            d["refant"] = None
-        else:
-            d["refant"] = str(d["refant"])
-        for k in ("minsnr", "validity_hours"):
-            if k in d:
-                d[k] = float(d[k])
-        for k in ("uvrange", "gain_solint", "bandpass_solint"):
-            if k in d:
-                d[k] = str(d[k])
+        d["refant"] = None if d.get("refant") in ("", None) else str(d["refant"])
+        for k, v in list(d.items()):
+            if k == "refant":
+                continue
+            kind = types[k]
+            d[k] = _as_bool(v) if kind == "bool" else float(v) if kind == "float" else str(v)
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def thresholds(self) -> CalQAThresholds:
+        return CalQAThresholds(max_flagged_fraction=self.max_flagged_fraction, min_median_snr=self.min_median_snr,
+                               max_amp_scatter=self.max_amp_scatter,
+                               max_phase_scatter_deg=self.max_phase_scatter_deg)
+
+
+def _as_bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)
 
 
 @dataclass(frozen=True)
@@ -100,6 +126,15 @@ class CalSolveResult:
     n_solutions: int  # unflagged solution values (antenna x pol x channel/time), all tables
     peak_beam: float  # largest beam attenuation at the calibrator during the MS (band centre)
     seconds: float
+    kind: str = "bandpass"
+    qa_status: str = "good"
+    qa: dict = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    casa_version: str = ""
+    flag_method: str = ""
+    data_flagged_fraction: float = 0.0  # cross-correlations flagged before solving
+    model_flux: str = ""  # where the calibrator's spectrum came from
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -108,300 +143,174 @@ class CalSolveResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CalSolveResult":
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
         d["tables"] = [(str(t), str(p)) for t, p in d["tables"]]
         return cls(**d)
 
 
-def icrs_to_itrs(ra_rad, dec_rad, times) -> np.ndarray:
-    """geometry.icrs_to_itrs, (Ntimes, Nsrc, 3), with a broadcast-safe fallback.
+def solve_calibration(ms: Path, calibrator, out_dir: Path, params: CalSolveParams | None = None,
+                      name: str | None = None, *, kind: str = "bandpass",
+                      prior: Sequence[tuple[str, str]] = ()) -> CalSolveResult:
+    """Solve ``kind`` ('bandpass': [K] B G; 'gains': G on ``prior``) on ``calibrator`` in ``ms``.
 
-    geometry.icrs_to_itrs multiplies a Time by an ndarray, which astropy 8
-    rejects (TypeError); the fallback does the same transform letting astropy
-    broadcast the obstime against the coordinates."""
+    Writes ``<name>.<type>`` tables and ``<name>.<type>.png`` QA plots in
+    ``out_dir`` (``name`` defaults to the MS stem). Raises CalibrationError
+    when the calibrator is outside the beam for the whole MS, when a prior
+    table is missing, or when CASA fails; a solve that runs but fails QA
+    returns ``qa_status='failed'`` with the reasons in ``qa``."""
+    t0 = time.monotonic()
+    params = params or CalSolveParams()
+    ms, out_dir = Path(ms), Path(out_dir)
+    _check_inputs(ms, kind, prior)
+    name = _safe_name(name or ms.stem)
+    basics = read_ms_basics(ms)
+    peak_beam = _calibrator_peak_beam(ms, calibrator, basics)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
     try:
-        return geometry.icrs_to_itrs(ra_rad, dec_rad, times)
-    except TypeError:
-        pass
-    from astropy import units as u
-    from astropy.coordinates import ICRS, ITRS, SkyCoord
-    from astropy.time import Time
+        scratch = _scratch_copy(ms, work / "scratch.ms", calibrator, params.phase_shift)
+        counts = antennas_with_data(scratch)
+        refant = params.refant or pick_refant(scratch, counts, label=ms.name)
+        flag_method, data_flagged = _flag(scratch, params.flagging)
+        model_flux = set_calibrator_model(scratch, calibrator, read_ms_basics(scratch), work, label=ms.name)
+        made = _solve_tables(scratch, work, name, kind, refant, params, prior)
+        qas = [table_qa(path, ttype, set(counts)) for ttype, path in made]
+        status, reasons = assess(qas, params.thresholds())
+        plots = _plots(made, work)
+        final = [(t, str(_move_into_place(p, out_dir / p.name))) for t, p in made]
+        final_plots = [str(_move_into_place(p, out_dir / p.name)) for p in plots]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-    ra = np.atleast_1d(np.asarray(ra_rad, dtype=float))
-    dec = np.atleast_1d(np.asarray(dec_rad, dtype=float))
-    t = Time(np.atleast_1d(times.jd), format="jd", scale="utc")
-    sc = SkyCoord(ra=ra[None, :] * u.rad, dec=dec[None, :] * u.rad, frame=ICRS())
-    xyz = np.moveaxis(sc.transform_to(ITRS(obstime=t[:, None])).cartesian.xyz.value, 0, -1)
-    return xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+    qa = qa_summary(qas, params.thresholds())
+    worst = max((q.flagged_fraction for q in qas), default=1.0)
+    n_good = sum(int(round(q.n_solutions * (1.0 - q.flagged_fraction))) for q in qas)
+    seconds = time.monotonic() - t0
+    log.info("%s: %s solve %s on %s, refant %s, %d good solutions, worst flagged %.1f%%, QA %s%s, %.1f s",
+             ms.name, kind, "+".join(t for t, _ in final), calibrator.name, refant, n_good, 100 * worst, status,
+             f" ({'; '.join(reasons)})" if reasons else "", seconds)
+    return CalSolveResult(ms=str(ms), tables=final, refant=refant, calibrator=str(calibrator.name),
+                          mid_mjd=basics["mid_mjd"], flagged_fraction=float(worst), n_solutions=int(n_good),
+                          peak_beam=peak_beam, seconds=float(seconds), kind=kind, qa_status=status, qa=qa,
+                          plots=final_plots, params=params.to_dict(), casa_version=casa_version(),
+                          flag_method=flag_method, data_flagged_fraction=float(data_flagged),
+                          model_flux=model_flux)
+
+
+def casa_version() -> str:
+    """The casatools version string, recorded with every calibration set."""
+    return str(casa_env.casatools().version_string())
 
 
 # --------------------------------------------------------------------------
-# MS helpers
+# the recipe's steps
 # --------------------------------------------------------------------------
-def _read_ms_basics(ms: Path) -> dict[str, Any]:
-    """Unique times (s, MJD-seconds UTC), channel frequencies, pointing dec, phase centre."""
-    ct = casa_env.casatools()
-    tb = ct.table()
+def _check_inputs(ms: Path, kind: str, prior: Sequence[tuple[str, str]]) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"calibration kind {kind!r} not one of {', '.join(KINDS)}")
+    if not (ms / "table.dat").exists():
+        raise CalibrationError(ms, "MeasurementSet does not exist")
+    if kind == "gains" and not any(t == "B" for t, _ in prior):
+        raise CalibrationError(ms, "a gains solve needs the bandpass in force (no B table in prior)")
+    for ttype, path in prior:
+        if not (Path(path) / "table.dat").exists():
+            raise CalibrationError(path, f"prior {ttype} calibration table is missing")
+
+
+def _calibrator_peak_beam(ms: Path, calibrator, basics: dict[str, Any]) -> float:
+    """Largest beam response at the calibrator during the MS; an error when it never enters the beam."""
+    mid_freq = float(np.median(basics["freqs_hz"]))
+    beam = calibrator_beam(basics["times_s"], np.array([mid_freq]), calibrator.ra_deg, calibrator.dec_deg,
+                           basics["pointing_dec_rad"])[:, 0]
+    peak = float(beam.max())
+    if peak < MIN_BEAM:
+        raise CalibrationError(ms, f"calibrator {calibrator.name} is not in the field: beam at its position "
+                                   f"peaks at {peak:.3g} (< {MIN_BEAM}) during the MS")
+    log.info("%s: calibrator %s beam %.3f-%.3f at %.1f MHz", ms.name, calibrator.name, beam.min(), peak,
+             mid_freq / 1e6)
+    return peak
+
+
+def _scratch_copy(ms: Path, scratch: Path, calibrator, phase_shift: bool) -> Path:
+    """A private copy of ``ms``, phase-shifted to the calibrator when asked."""
+    if not phase_shift:
+        shutil.copytree(ms, scratch, symlinks=True)
+        return scratch
     try:
-        tb.open(str(ms))
-        times = np.unique(tb.getcol("TIME"))
-        kw = tb.keywordnames()
-        pointing = float(tb.getkeyword(POINTING_DEC_KEYWORD)) if POINTING_DEC_KEYWORD in kw else None
-        tb.close()
-        tb.open(str(ms / "SPECTRAL_WINDOW"))
-        freqs = np.asarray(tb.getcol("CHAN_FREQ"))[:, 0].astype(float)
-        tb.close()
-        tb.open(str(ms / "FIELD"))
-        phase_dir = np.asarray(tb.getcol("PHASE_DIR"))[:, 0, 0].astype(float)
-        tb.close()
-    except RuntimeError as exc:
-        raise CalibrationError(ms, f"cannot read MeasurementSet: {exc}") from exc
-    finally:
-        tb.done()
-    if times.size == 0:
-        raise CalibrationError(ms, "MeasurementSet has no rows")
-    mid_mjd = float(0.5 * (times.min() + times.max()) / 86400.0)
-    if pointing is None:
-        # The phase centre is the ICRS position of the meridian at the mid-time,
-        # so its apparent (ITRS) declination is the pointing declination.
-        from astropy.time import Time
-
-        v = icrs_to_itrs(phase_dir[:1], phase_dir[1:2], Time(mid_mjd, format="mjd", scale="utc"))[0, 0]
-        pointing = float(np.arcsin(np.clip(v[2], -1.0, 1.0)))
-        log.info("%s: no %s keyword; pointing dec from the phase centre = %.4f deg",
-                 ms.name, POINTING_DEC_KEYWORD, np.rad2deg(pointing))
-    return {"times_s": times, "freqs_hz": freqs, "pointing_dec_rad": pointing,
-            "phase_dir_rad": phase_dir, "mid_mjd": mid_mjd}
+        casa_env.casatasks().phaseshift(vis=str(ms), outputvis=str(scratch), datacolumn="data",
+                                        phasecenter=f"J2000 {calibrator.ra_deg}deg {calibrator.dec_deg}deg")
+    except Exception as exc:  # CASA raises RuntimeError and friends
+        raise CalibrationError(ms, f"phaseshift to {calibrator.name} failed: {exc}") from exc
+    if not (scratch / "table.dat").exists():
+        raise CalibrationError(ms, f"phaseshift to {calibrator.name} wrote no MeasurementSet")
+    _copy_keywords(ms, scratch, (POINTING_DEC_KEYWORD,))
+    return scratch
 
 
-def calibrator_beam(times_s: np.ndarray, freqs_hz: np.ndarray, ra_deg: float, dec_deg: float,
-                    pointing_dec_rad: float) -> np.ndarray:
-    """Beam power at the calibrator, shape (Ntimes, Nchan), for MS TIMEs (s).
-
-    The dish points at the meridian at apparent declination ``pointing_dec_rad``,
-    a direction fixed in ITRS; the calibrator's ITRS direction moves with time."""
-    from astropy.time import Time
-
-    t = Time(np.asarray(times_s) / 86400.0, format="mjd", scale="utc")
-    src = icrs_to_itrs(np.array([np.deg2rad(ra_deg)]), np.array([np.deg2rad(dec_deg)]), t)[:, 0, :]
-    point = meridian_direction(pointing_dec_rad)
-    sep = angular_separation(src, point[None, :])  # (Nt,)
-    return airy_beam(sep[:, None], np.asarray(freqs_hz)[None, :])
-
-
-def antennas_with_data(ms: Path) -> dict[int, int]:
-    """Unflagged cross-correlation visibility count per antenna index (autos ignored)."""
-    ct = casa_env.casatools()
-    tb = ct.table()
-    counts: dict[int, int] = {}
+def _copy_keywords(src: Path, dst: Path, names: Sequence[str]) -> None:
+    """Main-table keywords phaseshift does not carry over (the pointing declination)."""
+    tb = casa_env.casatools().table()
     try:
-        tb.open(str(ms))
-        nrow = tb.nrows()
-        chunk = 20000
-        for start in range(0, nrow, chunk):
-            n = min(chunk, nrow - start)
-            a1 = tb.getcol("ANTENNA1", start, n)
-            a2 = tb.getcol("ANTENNA2", start, n)
-            flag = tb.getcol("FLAG", start, n)  # (npol, nchan, nrow)
-            frow = tb.getcol("FLAG_ROW", start, n)
-            good = (~flag).sum(axis=(0, 1))
-            good[frow] = 0
-            cross = a1 != a2
-            for ant_col in (a1, a2):
-                np_counts = np.bincount(ant_col[cross], weights=good[cross])
-                for ant in np.nonzero(np_counts)[0]:
-                    counts[int(ant)] = counts.get(int(ant), 0) + int(np_counts[ant])
+        tb.open(str(src))
+        values = {k: tb.getkeyword(k) for k in names if k in tb.keywordnames()}
+        tb.close()
+        tb.open(str(dst), nomodify=False)
+        for k, v in values.items():
+            tb.putkeyword(k, v)
         tb.close()
     finally:
         tb.done()
-    return counts
 
 
-def pick_refant(ms: Path, counts: dict[int, int] | None = None, label: str | None = None) -> str:
-    """Name of the antenna with unflagged cross-correlation data nearest the array centre.
-
-    ``counts`` (from :func:`antennas_with_data`) saves a pass over the MS.
-    Raises CalibrationError when no antenna has data."""
-    ms = Path(ms)
-    counts = antennas_with_data(ms) if counts is None else counts
-    if not counts:
-        raise CalibrationError(ms, "no unflagged cross-correlation data: cannot pick a reference antenna")
-    ct = casa_env.casatools()
-    tb = ct.table()
-    try:
-        tb.open(str(ms / "ANTENNA"))
-        names = list(tb.getcol("NAME"))
-        pos = np.asarray(tb.getcol("POSITION")).T  # (Nant, 3) ITRF metres
-        tb.close()
-    finally:
-        tb.done()
-    loc = site_location()
-    centre = np.array([loc.x.to_value("m"), loc.y.to_value("m"), loc.z.to_value("m")])
-    best = max(counts.values())
-    # Among antennas with at least half the best data, the one nearest the centre.
-    candidates = [a for a, c in counts.items() if c >= 0.5 * best]
-    dist = {a: float(np.linalg.norm(pos[a] - centre)) for a in candidates}
-    ant = min(candidates, key=lambda a: (dist[a], a))
-    log.info("%s: refant %s (index %d, %.1f m from the array centre, %d of %d antennas have data)",
-             label or ms.name, names[ant], ant, dist[ant], len(counts), len(names))
-    return str(names[ant])
+def _flag(scratch: Path, method: str) -> tuple[str, float]:
+    """Autocorrelations, then RFI; returns (method used, cross-correlation flagged fraction)."""
+    steps.flag_autocorrelations(scratch)
+    used = steps.flag_rfi(scratch, method)
+    return used, cross_flagged_fraction(scratch)
 
 
-def _set_model(ms: Path, calibrator, basics: dict[str, Any], work: Path, label: str | None = None) -> None:
-    """MODEL_DATA = S(nu) * beam(t, nu) * (unit point source at the calibrator)."""
-    ct = casa_env.casatools()
-    cts = casa_env.casatasks()
-    cl_path = work / "calibrator.cl"
-    cl = ct.componentlist()
-    try:
-        cl.done()
-        cl.addcomponent(
-            dir=f"J2000 {calibrator.ra_deg}deg {calibrator.dec_deg}deg",
-            flux=1.0, fluxunit="Jy", freq="1.4GHz", shape="point",
-            spectrumtype="constant", label=str(calibrator.name),
-        )
-        cl.rename(str(cl_path))
-        cl.close(log=False)
-    finally:
-        cl.done()
-    cts.ft(vis=str(ms), complist=str(cl_path), usescratch=True, incremental=False)
-
-    times = basics["times_s"]
-    freqs = basics["freqs_hz"]
-    beam = calibrator_beam(times, freqs, calibrator.ra_deg, calibrator.dec_deg, basics["pointing_dec_rad"])
-    flux = np.array([float(calibrator.flux_at(f)) for f in freqs])
-    scale = beam * flux[None, :]  # (Nt, Nchan)
-
-    tb = ct.table()
-    try:
-        tb.open(str(ms), nomodify=False)
-        nrow = tb.nrows()
-        chunk = max(1, CHUNK_ELEMENTS // (2 * freqs.size))
-        for start in range(0, nrow, chunk):
-            n = min(chunk, nrow - start)
-            t = tb.getcol("TIME", start, n)
-            idx = np.clip(np.searchsorted(times, t), 0, times.size - 1)
-            model = tb.getcol("MODEL_DATA", start, n)  # (npol, nchan, nrow)
-            model *= scale[idx].T[None, :, :]
-            tb.putcol("MODEL_DATA", model, start, n)
-        tb.flush()
-        tb.close()
-    finally:
-        tb.done()
-    log.info("%s: model %s, flux %.2f-%.2f Jy, beam %.3f-%.3f over %d integrations x %d channels",
-             label or ms.name, calibrator.name, flux.min(), flux.max(), beam.min(), beam.max(), times.size, freqs.size)
+def _solve_tables(scratch: Path, work: Path, name: str, kind: str, refant: str, params: CalSolveParams,
+                  prior: Sequence[tuple[str, str]]) -> list[tuple[str, Path]]:
+    """Run the solvers of ``kind``; each uses the tables before it (and ``prior``) on the fly."""
+    common = dict(refant=refant, minsnr=params.minsnr, uvrange=params.uvrange)
+    made: list[tuple[str, Path]] = []
+    applied = [(str(t), str(p)) for t, p in prior]
+    if kind == "bandpass":
+        if params.solve_delay:
+            made.append(("K", steps.solve_delay(scratch, work / f"{name}.K", prior=list(applied), **common)))
+            applied.append(("K", str(made[-1][1])))
+        made.append(("B", steps.solve_bandpass(scratch, work / f"{name}.B", solint=params.bandpass_solint,
+                                               solnorm=False, combine="scan", prior=list(applied), **common)))
+        applied.append(("B", str(made[-1][1])))
+    made.append(("G", steps.solve_gains(scratch, work / f"{name}.G", solint=params.gain_solint, calmode="ap",
+                                        combine="scan", prior=list(applied), **common)))
+    return made
 
 
-def _solution_stats(caltable: Path, ants: set[int]) -> tuple[int, int]:
-    """(flagged, total) solution values of the antennas in ``ants``."""
-    ct = casa_env.casatools()
-    tb = ct.table()
-    try:
-        tb.open(str(caltable))
-        ant = tb.getcol("ANTENNA1")
-        flag = tb.getcol("FLAG")  # (npol, nchan, nrow)
-        tb.close()
-    finally:
-        tb.done()
-    sel = np.isin(ant, sorted(ants))
-    f = flag[:, :, sel]
-    return int(f.sum()), int(f.size)
+def _plots(made: list[tuple[str, Path]], work: Path) -> list[Path]:
+    """QA plots: bandpass amplitude/phase per antenna, gain amplitude/phase versus time."""
+    out = []
+    for ttype, path in made:
+        if ttype == "B":
+            out.append(plot_bandpass(path, work / f"{path.name}.png"))
+        elif ttype == "G":
+            out.append(plot_gains(path, work / f"{path.name}.png"))
+    return out
 
 
 def _safe_name(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", stem)
 
 
-def _move_into_place(src: Path, dst: Path) -> None:
-    """Rename a table directory over ``dst`` (old one moved aside, then removed)."""
+def _move_into_place(src: Path, dst: Path) -> Path:
+    """Rename a table directory or file over ``dst`` (the old one moved aside, then removed)."""
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(dst, old)
     os.rename(src, dst)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def solve_calibration(ms: Path, calibrator, out_dir: Path, params: CalSolveParams | None = None,
-                      name: str | None = None) -> CalSolveResult:
-    """Solve B then G on ``calibrator`` in ``ms``; write ``<name>.B``/``<name>.G`` in ``out_dir``.
-
-    ``name`` defaults to the MS file stem. Raises CalibrationError when the
-    calibrator is outside the beam for the whole MS, when CASA fails, or when
-    more than half of the solutions are flagged."""
-    t0 = time.monotonic()
-    params = params or CalSolveParams()
-    ms = Path(ms)
-    out_dir = Path(out_dir)
-    if not (ms / "table.dat").exists():
-        raise CalibrationError(ms, "MeasurementSet does not exist")
-    name = _safe_name(name or ms.stem)
-
-    basics = _read_ms_basics(ms)
-    mid_freq = float(np.median(basics["freqs_hz"]))
-    beam_mid = calibrator_beam(basics["times_s"], np.array([mid_freq]), calibrator.ra_deg,
-                               calibrator.dec_deg, basics["pointing_dec_rad"])[:, 0]
-    peak_beam = float(beam_mid.max())
-    if peak_beam < MIN_BEAM:
-        raise CalibrationError(ms, f"calibrator {calibrator.name} is not in the field: beam at its position "
-                                   f"peaks at {peak_beam:.3g} (< {MIN_BEAM}) during the MS")
-    log.info("%s: calibrator %s beam %.3f-%.3f at %.1f MHz", ms.name, calibrator.name,
-             beam_mid.min(), peak_beam, mid_freq / 1e6)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
-    try:
-        scratch = work / "scratch.ms"
-        shutil.copytree(ms, scratch, symlinks=True)
-        cts = casa_env.casatasks()
-        counts = antennas_with_data(scratch)
-        refant = params.refant or pick_refant(scratch, counts, label=ms.name)
-        ants = set(counts)
-        try:
-            cts.flagdata(vis=str(scratch), mode="manual", autocorr=True, flagbackup=False)
-            _set_model(scratch, calibrator, basics, work, label=ms.name)
-            btab = work / f"{name}.B"
-            gtab = work / f"{name}.G"
-            cts.bandpass(vis=str(scratch), caltable=str(btab), solint=params.bandpass_solint,
-                         combine="scan", refant=refant, minsnr=params.minsnr, solnorm=False,
-                         bandtype="B", uvrange=params.uvrange)
-            if not btab.exists():
-                raise CalibrationError(ms, "bandpass wrote no table (see the CASA log)")
-            cts.gaincal(vis=str(scratch), caltable=str(gtab), solint=params.gain_solint, combine="scan",
-                        refant=refant, minsnr=params.minsnr, gaintype="G", calmode="ap",
-                        gaintable=[str(btab)], interp=["nearest,linear"], uvrange=params.uvrange)
-            if not gtab.exists():
-                raise CalibrationError(ms, "gaincal wrote no table (see the CASA log)")
-        except CalibrationError:
-            raise
-        except Exception as exc:  # CASA raises RuntimeError/AssertionError and friends
-            raise CalibrationError(ms, f"CASA calibration failed: {exc}") from exc
-
-        n_good = 0
-        worst = 0.0
-        for label, tab in (("B", btab), ("G", gtab)):
-            flagged, total = _solution_stats(tab, ants)
-            frac = flagged / total if total else 1.0
-            n_good += total - flagged
-            worst = max(worst, frac)
-            log.info("%s: %s table %d solutions, %d flagged (%.1f%%)", ms.name, label, total, flagged, 100 * frac)
-        if worst > MAX_FLAGGED_FRACTION:
-            raise CalibrationError(ms, f"{100 * worst:.0f}% of the solutions are flagged "
-                                       f"(limit {100 * MAX_FLAGGED_FRACTION:.0f}%)")
-
-        final = []
-        for label, tab in (("B", btab), ("G", gtab)):
-            dst = out_dir / tab.name
-            _move_into_place(tab, dst)
-            final.append((label, str(dst)))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    seconds = time.monotonic() - t0
-    log.info("%s: solved %s on %s, refant %s, %d good solutions, worst flagged %.1f%%, %.1f s",
-             ms.name, "+".join(t for t, _ in final), calibrator.name, refant, n_good, 100 * worst, seconds)
-    return CalSolveResult(ms=str(ms), tables=final, refant=refant, calibrator=str(calibrator.name),
-                          mid_mjd=basics["mid_mjd"], flagged_fraction=float(worst), n_solutions=int(n_good),
-                          peak_beam=peak_beam, seconds=float(seconds))
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    return dst

@@ -138,8 +138,7 @@ def _visibility_blocks(
             keep = np.nonzero(beam.max(axis=1) >= BEAM_FLOOR)[0]
             if keep.size:
                 path = geo.baselines @ (s[keep] - geo.p0[None, :]).T  # (Nbl, Nkeep) metres
-                for j, k in enumerate(keep):
-                    model += geometry.phase_factor(path[:, j], freqs) * (flux[k] * beam[k])[None, :]
+                model += geometry.point_source_sum(path, freqs, flux[keep] * beam[keep])
         vis = np.repeat(model[:, :, None], npol, axis=2)
         if noise_rng is not None:
             noise = noise_rng.standard_normal((nbl, nf, npol, 2))
