@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from airflow.sdk import DeltaDataIntervalTimetable, dag
 
-from contimg_airflow.defaults import PIPELINE_DEFAULTS, config, schedule_bounds
+from contimg_airflow.defaults import PIPELINE_DEFAULTS, config, mosaic_params, schedule_bounds
 from contimg_airflow.operators import CrossmatchOperator, MosaicOperator, PublishOperator, WindowImagesSensor
 
 CFG = config()
@@ -20,6 +20,7 @@ CFG = config()
     schedule=DeltaDataIntervalTimetable(timedelta(minutes=CFG.mosaic_window_minutes)),
     max_active_runs=2,
     default_args=PIPELINE_DEFAULTS,
+    params=mosaic_params(CFG),
     tags=["dsa110", "mosaic"],
     doc_md=__doc__,
     **schedule_bounds(CFG),

@@ -1,7 +1,10 @@
-"""Reference catalogue I/O: the NVSS (VizieR VIII/65) layout and a plain CSV.
+"""Reference catalogue I/O: the NVSS (VizieR VIII/65) layout, a plain CSV and
+the simulator's truth JSON.
 
 The cross-match stage reads whatever catalogue a user points it at; the
-simulator writes its sky in the NVSS layout so the same reader serves both.
+simulator writes its sky in the NVSS layout so the same reader serves both,
+and its truth file (``truth/<start>_sky.json``, which also holds each
+source's spectral index) can be read as a catalogue too.
 
 NVSS layout (tab-separated, one header line)::
 
@@ -9,12 +12,16 @@ NVSS layout (tab-separated, one header line)::
 
 RA as "hh mm ss.ss", Dec as "+dd mm ss.s", position errors in seconds of time
 (RA) and arcsec (Dec), flux densities in mJy, axes in arcsec, PA in degrees.
-VizieR exports may carry a units line and a dashes line after the header and
-'#' comment lines before it; those are skipped.
+VizieR exports may carry a units line and a dashes line after the header,
+'#' comment lines before it and more columns (l_MajAxis, Field, ...); those
+are skipped. An optional ``spectral_index`` (or ``alpha``) column is read
+when present; NVSS itself has none, so its rows carry ``spectral_index``
+None and the cross-match uses its default.
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +31,7 @@ import numpy as np
 
 from .errors import CatalogError
 
+ALPHA_COLUMNS = ("spectral_index", "alpha")
 NVSS_COLUMNS = ("NVSS", "RAJ2000", "DEJ2000", "e_RAJ2000", "e_DEJ2000", "S1.4", "e_S1.4", "MajAxis", "MinAxis", "PA")
 
 
@@ -44,7 +52,7 @@ class CatalogSource:
     major_arcsec: float = 0.0
     minor_arcsec: float = 0.0
     pa_deg: float = 0.0
-    spectral_index: float = -0.7
+    spectral_index: float | None = None  # None: the catalogue gives none
 
 
 # --- sexagesimal -----------------------------------------------------------
@@ -177,6 +185,8 @@ def _read_nvss(path: Path, lines: list[str], header_idx: int) -> list[CatalogSou
                 return _float_or_zero(fields[col[name]]) if name in col else 0.0
 
             name = fields[col["NVSS"]].strip() if "NVSS" in col else nvss_name(ra, dec)
+            alpha_col = next((c for c in ALPHA_COLUMNS if c in col), None)
+            alpha = fields[col[alpha_col]].strip() if alpha_col else ""
             out.append(
                 CatalogSource(
                     name=name or nvss_name(ra, dec),
@@ -189,6 +199,7 @@ def _read_nvss(path: Path, lines: list[str], header_idx: int) -> list[CatalogSou
                     major_arcsec=get("MajAxis"),
                     minor_arcsec=get("MinAxis"),
                     pa_deg=get("PA"),
+                    spectral_index=float(alpha) if alpha else None,
                 )
             )
         except ValueError as exc:
@@ -215,7 +226,7 @@ def _read_csv(path: Path, text: str) -> list[CatalogSource]:
                     dec_deg=dec,
                     flux_jy=float(row["flux_jy"]),
                     e_flux_jy=_float_or_zero(row.get("e_flux_jy") or ""),
-                    spectral_index=float(row["spectral_index"]) if row.get("spectral_index") else -0.7,
+                    spectral_index=float(row["spectral_index"]) if row.get("spectral_index") else None,
                 )
             )
         except (TypeError, ValueError) as exc:
@@ -223,8 +234,34 @@ def _read_csv(path: Path, text: str) -> list[CatalogSource]:
     return out
 
 
+def _read_json(path: Path, text: str) -> list[CatalogSource]:
+    """The simulator's truth file: {"sources": [{name, ra_deg, dec_deg, flux_jy, spectral_index}]}
+    (or the bare list)."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CatalogError(path, f"not valid JSON: {exc}") from exc
+    rows = doc.get("sources") if isinstance(doc, dict) else doc
+    if not isinstance(rows, list):
+        raise CatalogError(path, "JSON catalogue has no 'sources' list")
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            ra, dec = float(row["ra_deg"]), float(row["dec_deg"])
+            if not (-90.0 <= dec <= 90.0):
+                raise ValueError(f"dec_deg {dec} out of range")
+            alpha = row.get("spectral_index")
+            out.append(CatalogSource(name=str(row.get("name") or nvss_name(ra, dec)), ra_deg=ra % 360.0,
+                                     dec_deg=dec, flux_jy=float(row["flux_jy"]),
+                                     spectral_index=None if alpha is None else float(alpha)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CatalogError(path, f"source {i}: {exc!r}") from exc
+    return out
+
+
 def read_catalog(path: str | Path) -> list[CatalogSource]:
-    """Read an NVSS-layout TSV or a CSV (name, ra_deg, dec_deg, flux_jy).
+    """Read an NVSS-layout TSV, a CSV (name, ra_deg, dec_deg, flux_jy[,
+    spectral_index]) or the simulator's truth JSON.
 
     Raises :class:`CatalogError` naming the file for a missing, empty or
     malformed catalogue."""
@@ -235,6 +272,8 @@ def read_catalog(path: str | Path) -> list[CatalogSource]:
         raise CatalogError(path, "catalogue file does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(path, f"cannot read catalogue: {exc}") from exc
+    if text.lstrip().startswith(("{", "[")):
+        return _read_json(path, text)
     lines = text.splitlines()
     header_idx = next((i for i, ln in enumerate(lines) if ln.strip() and not ln.lstrip().startswith("#")), None)
     if header_idx is None:

@@ -37,6 +37,7 @@ class PipelineConfig:
     group_timeout_s: float = 600.0
     min_subbands: int = 12
     mosaic_window_minutes: int = 60
+    mosaic_method: str = "weighted"  # weighted (PB^2/sigma^2), mean, median
     calibration_validity_hours: float = 24.0  # daily bandpass set
     gains_validity_hours: float = 1.0  # hourly gains from a calibrator transit in a group
     calibration_wait_hours: float = 6.0  # a group waits this long for a valid bandpass, then fails
@@ -51,7 +52,10 @@ class PipelineConfig:
     schedule_start: str | None = None  # ISO; first data interval the DAGs schedule
     schedule_end: str | None = None  # ISO; none = open ended
     catchup: bool = False
-    qa_max_rms_jy: float = 0.05
+    qa_max_rms_jy: float = 0.01  # image QA: 10-50 x the thermal noise of one group
+    qa_min_dynamic_range: float = 20.0  # pure noise gives ~5
+    qa_max_flagged_fraction: float = 0.5
+    qa_max_beam_arcsec: float = 300.0  # the core arms alone give ~165 arcsec
 
     def __post_init__(self) -> None:
         data = Path(self.data_dir)
@@ -80,6 +84,8 @@ class PipelineConfig:
         for name in ("calibration_validity_hours", "gains_validity_hours", "calibration_wait_hours"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.mosaic_method not in ("weighted", "mean", "median"):
+            raise ValueError(f"mosaic_method {self.mosaic_method!r} not one of weighted, mean, median")
         if self.mosaic_window_minutes <= 0:
             raise ValueError("mosaic_window_minutes must be positive")
         _parse_dt(self.schedule_start)

@@ -97,18 +97,16 @@ def image_step(cfg: PipelineConfig, reg: Registry, group_id: str, overrides: dic
 
 
 def qa_image(cfg: PipelineConfig, image: dict) -> dict:
-    """Decide an image's QA status from its numbers; returns the reasons too."""
-    reasons = []
-    rms, peak = image.get("rms_jy"), image.get("peak_jy")
-    if rms is None or not rms == rms or rms <= 0:
-        reasons.append("rms is not a positive number")
-    elif rms > cfg.qa_max_rms_jy:
-        reasons.append(f"rms {rms:.4g} Jy above {cfg.qa_max_rms_jy} Jy")
-    if peak is None or not peak == peak:
-        reasons.append("peak is not finite")
-    status = "good" if not reasons else "bad"
-    dr = (peak / rms) if rms and peak and rms > 0 else None
-    return {"qa_status": status, "reasons": reasons, "dynamic_range": dr}
+    """The image's QA (robust rms, peak, dynamic range, beam, flagged fraction, thumbnail)
+    and its status against the configured thresholds, with the reasons."""
+    from .imaging import ImageQAThresholds, image_qa
+
+    thresholds = ImageQAThresholds(max_rms_jy=cfg.qa_max_rms_jy, min_dynamic_range=cfg.qa_min_dynamic_range,
+                                   max_flagged_fraction=cfg.qa_max_flagged_fraction,
+                                   max_beam_arcsec=cfg.qa_max_beam_arcsec)
+    pbcor = Path(image["pbcor_fits"])
+    return image_qa(Path(image["image_fits"]), pbcor, image.get("flagged_fraction"), thresholds,
+                    thumbnail_png=pbcor.with_name(pbcor.name.replace(".pbcor.fits", ".thumb.png")))
 
 
 def register_image(cfg: PipelineConfig, reg: Registry, group_id: str, image: dict, qa: dict,
@@ -138,10 +136,13 @@ def window_state(cfg: PipelineConfig, reg: Registry, start: datetime, end: datet
     pending = [g["group_id"] for g in new_ready_groups(cfg, set(rows), now=None)
                if s <= g["start_mjd"] < e]
     unfinished = [gid for gid, r in rows.items() if r["status"] not in ("imaged", "failed")] + pending
-    images = [p for p in reg.products(kind="image") if p["group_id"] in rows and p["qa_status"] == "good"]
+    images = [p for p in reg.products(kind="image") if p["group_id"] in rows]
     return {"groups": sorted(rows) + pending, "unfinished": sorted(unfinished),
             "images": [{"id": p["id"], "pbcor": p["path"], "pb": p["metrics"].get("pb_fits"),
-                        "rms": p["metrics"].get("rms_jy")} for p in images]}
+                        "rms": p["metrics"].get("rms_jy"), "qa_status": p["qa_status"]} for p in images
+                       if p["qa_status"] == "good"],
+            "bad_images": [{"id": p["id"], "pbcor": p["path"], "qa_status": p["qa_status"]} for p in images
+                           if p["qa_status"] != "good"]}
 
 
 def mosaic_step(cfg: PipelineConfig, reg: Registry, start: datetime, end: datetime) -> dict:
@@ -153,38 +154,53 @@ def mosaic_step(cfg: PipelineConfig, reg: Registry, start: datetime, end: dateti
         raise ContimgError(cfg.images_dir, f"window {window_name(start)} has no good images to mosaic")
     name = window_name(start)
     res = mosaic_images([Path(i["pbcor"]) for i in imgs], [Path(i["pb"]) for i in imgs],
-                        [float(i["rms"]) for i in imgs], cfg.mosaics_dir / f"{name}.mosaic.fits")
-    pid = reg.register_product("mosaic", name, str(res.mosaic_fits), window=name,
-                               mid_mjd=(mjd_from_datetime(start) + mjd_from_datetime(end)) / 2,
-                               qa_status="good", metrics=jsonable(res))
-    log.info("mosaic: %s from %d images, rms %.4g Jy", name, len(imgs), res.rms_jy)
-    return {"product_id": pid, "window": name, **jsonable(res)}
+                        [float(i["rms"]) for i in imgs], cfg.mosaics_dir / f"{name}.mosaic.fits",
+                        method=cfg.mosaic_method, qa_status=[i["qa_status"] for i in imgs], window=(start, end))
+    mid_mjd = (mjd_from_datetime(start) + mjd_from_datetime(end)) / 2
+    pid = reg.register_product("mosaic", name, str(res.mosaic_fits), window=name, mid_mjd=mid_mjd,
+                               qa_status="good", metrics=jsonable(res),
+                               provenance={"images": [i["id"] for i in imgs], "method": res.method,
+                                           "excluded_bad_qa": [i["id"] for i in state["bad_images"]]})
+    log.info("mosaic: %s (%s) from %d images, %d left out for QA, rms %.4g Jy", name, res.method, res.n_inputs,
+             len(state["bad_images"]), res.rms_jy)
+    return {"product_id": pid, "window": name, "mid_mjd": mid_mjd, **jsonable(res)}
 
 
 def crossmatch_step(cfg: PipelineConfig, reg: Registry, mosaic: dict) -> dict:
+    """Find sources (PyBDSF) in the window's mosaic, cross-match them to the reference
+    catalogue with the QA numbers, and measure every reference source (forced photometry),
+    which builds each source's light curve across windows."""
     from .catalog import read_catalog
-    from .crossmatch import crossmatch, find_sources
+    from .crossmatch import CrossmatchParams, crossmatch_image, detect, photometry_image
 
     fits = Path(mosaic["mosaic_fits"])
-    # Local (tiled) noise: a mosaic's noise rises towards its edges.
-    found = find_sources(fits, snr=cfg.detection_snr, box=MOSAIC_NOISE_BOX)
+    params = CrossmatchParams(snr=cfg.detection_snr, box=MOSAIC_NOISE_BOX, radius_arcsec=cfg.crossmatch_radius_arcsec)
+    det = detect(fits, params.find_params())  # local noise: a mosaic's noise rises towards its edges
     ref = read_catalog(cfg.reference_catalog)
     out_csv = fits.with_name(fits.name.replace(".mosaic.fits", ".sources.csv"))
-    res = crossmatch(found, ref, radius_arcsec=cfg.crossmatch_radius_arcsec,
-                     image_freq_hz=_fits_freq(fits), out_csv=out_csv)
-    by_index = {m.index: m for m in res.matches}
+    res = crossmatch_image(fits, ref, params, out_csv=out_csv, detection=det)
+    reg.record_sources(mosaic["product_id"], _source_rows(det.sources, res.matches))
+    n_phot = reg.record_photometry(mosaic["product_id"], photometry_image(fits, ref, noise=det.noise),
+                                   mid_mjd=mosaic.get("mid_mjd"))
+    qa = res.qa()
+    cid = reg.register_product("catalog", mosaic["window"], str(out_csv), window=mosaic["window"],
+                               qa_status="good", metrics={**qa, "n_photometry": n_phot})
+    log.info("crossmatch: %d detected, %d matched, median flux ratio %s, completeness(10 sigma) %s, false %s; "
+             "forced photometry of %d reference sources", res.n_detected, res.n_matched, qa["median_flux_ratio"],
+             qa.get("completeness_10sigma"), qa["false_fraction"], n_phot)
+    return {"catalog_product_id": cid, "catalog_csv": str(out_csv), "n_photometry": n_phot, **qa}
+
+
+def _source_rows(found, matches) -> list[dict]:
+    """Registry rows of a product's detections with their reference match, if any."""
+    by_index = {m.index: m for m in matches}
     rows = []
     for i, d in enumerate(found):
         m = by_index.get(i)
-        rows.append({"ra_deg": d.ra_deg, "dec_deg": d.dec_deg, "flux_jy": d.flux_jy, "flux_err_jy": d.rms_jy,
+        rows.append({"ra_deg": d.ra_deg, "dec_deg": d.dec_deg, "flux_jy": d.flux_jy, "flux_err_jy": d.flux_err_jy,
                      "ref_name": m.name if m else None, "ref_flux_jy": m.expected_flux_jy if m else None,
                      "offset_arcsec": m.offset_arcsec if m else None})
-    reg.record_sources(mosaic["product_id"], rows)
-    cid = reg.register_product("catalog", mosaic["window"], str(out_csv), window=mosaic["window"],
-                               qa_status="good", metrics=_summary_of(res))
-    log.info("crossmatch: %d detected, %d matched, median flux ratio %.3f, median offset %.1f arcsec",
-             res.n_detected, res.n_matched, res.median_flux_ratio, res.median_offset_arcsec)
-    return {"catalog_product_id": cid, "catalog_csv": str(out_csv), **_summary_of(res)}
+    return rows
 
 
 def publish_step(cfg: PipelineConfig, reg: Registry, mosaic: dict, match: dict) -> dict:
@@ -199,7 +215,8 @@ def publish_step(cfg: PipelineConfig, reg: Registry, mosaic: dict, match: dict) 
     if problems:
         raise ContimgError(mosaic["mosaic_fits"], "QA gate refused publication: " + "; ".join(problems))
     staged = [Path(mosaic["mosaic_fits"]), Path(match["catalog_csv"])]
-    staged += [Path(p) for p in (mosaic.get("weight_fits"), mosaic.get("preview_png")) if p and Path(p).exists()]
+    staged += [Path(p) for p in (mosaic.get("weight_fits"), mosaic.get("noise_fits"), mosaic.get("preview_png"))
+               if p and Path(p).exists()]
     dest = cfg.products_dir / mosaic["window"]
     published = publish_products(staged, dest)
     reg.mark_published(mosaic["product_id"], str(published[0]))
@@ -266,20 +283,5 @@ def _median(xs: list[float]) -> float | None:
         return None
     n = len(xs)
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
-def _fits_freq(path: Path) -> float:
-    from astropy.io import fits
-
-    h = fits.getheader(path)
-    for i in range(1, h.get("NAXIS", 0) + 1):
-        if str(h.get(f"CTYPE{i}", "")).startswith("FREQ"):
-            return float(h[f"CRVAL{i}"])
-    return float(h.get("RESTFRQ", h.get("FREQ", 1.405e9)))
-
-
-def _summary_of(res) -> dict:
-    return {"n_detected": res.n_detected, "n_matched": res.n_matched,
-            "median_flux_ratio": res.median_flux_ratio, "median_offset_arcsec": res.median_offset_arcsec}
 
 

@@ -1,5 +1,5 @@
 """Domain registries Airflow does not model: groups, calibration sets,
-products and sources (DESIGN.md section 4).
+products, sources and forced photometry (DESIGN.md section 4).
 
 SQLAlchemy Core tables in a ``contimg`` schema on PostgreSQL (same database as
 the Airflow metadata) or in a plain SQLite file beside Airflow's in the
@@ -126,6 +126,19 @@ def _tables(schema: str | None) -> tuple[sa.MetaData, dict[str, sa.Table]]:
         sa.Column("ref_name", sa.String(64)),
         sa.Column("ref_flux_jy", sa.Float),
         sa.Column("offset_arcsec", sa.Float),
+    )
+    t["photometry"] = sa.Table(
+        "photometry", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(64), nullable=False),  # reference-catalogue source name
+        sa.Column("ra_deg", sa.Float, nullable=False),
+        sa.Column("dec_deg", sa.Float, nullable=False),
+        sa.Column("product_id", sa.Integer, sa.ForeignKey(t["products"].c.id), nullable=False),
+        sa.Column("mid_mjd", sa.Float),
+        sa.Column("flux_jy", sa.Float, nullable=False),
+        sa.Column("flux_err_jy", sa.Float),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("product_id", "name", name="uq_photometry_product_name"),
     )
     return md, t
 
@@ -521,6 +534,78 @@ class Registry:
             q = q.where(s.c.product_id == product_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
+
+    # -- photometry -----------------------------------------------------------
+    def record_photometry(self, product_id: int, rows: Iterable[Any], mid_mjd: float | None = None) -> int:
+        """Replace the forced photometry of a product; return the number of rows.
+
+        ``rows`` are dicts or objects (e.g. ForcedMeasurement) with ``name``,
+        ``ra_deg``, ``dec_deg``, ``flux_jy``, ``flux_err_jy`` and optionally
+        ``mid_mjd``; a row without one takes ``mid_mjd``, else the product's.
+        Rerunning a product's photometry replaces its rows (one transaction).
+        Raises KeyError for an unregistered product, ValueError for a source
+        given twice or a non-finite flux."""
+        p, ph = self.t["products"], self.t["photometry"]
+        with self.engine.begin() as conn:
+            product_mjd = conn.execute(sa.select(p.c.mid_mjd).where(p.c.id == product_id)).first()
+            if product_mjd is None:
+                raise KeyError(f"product {product_id} is not registered")
+            values = _photometry_rows(product_id, rows, mid_mjd if mid_mjd is not None else product_mjd[0])
+            conn.execute(ph.delete().where(ph.c.product_id == product_id))
+            if values:
+                conn.execute(ph.insert(), values)
+        return len(values)
+
+    def light_curve(self, name: str) -> list[dict]:
+        """One source's forced photometry across products, in time order
+        (mid_mjd, then id); each row has the fields of the photometry table."""
+        ph = self.t["photometry"]
+        q = (sa.select(*[ph.c[f] for f in PHOTOMETRY_FIELDS]).where(ph.c.name == name)
+             .order_by(ph.c.mid_mjd, ph.c.id))
+        with self.engine.connect() as conn:
+            return [_photometry_row(r) for r in conn.execute(q).mappings()]
+
+    def light_curves(self, names: Iterable[str] | None = None) -> dict[str, list[dict]]:
+        """Light curves of ``names`` (all sources when None), keyed by name."""
+        ph = self.t["photometry"]
+        q = sa.select(*[ph.c[f] for f in PHOTOMETRY_FIELDS]).order_by(ph.c.name, ph.c.mid_mjd, ph.c.id)
+        if names is not None:
+            q = q.where(ph.c.name.in_(list(names)))
+        out: dict[str, list[dict]] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(q).mappings():
+                out.setdefault(r["name"], []).append(_photometry_row(r))
+        return out
+
+
+PHOTOMETRY_FIELDS = ("name", "ra_deg", "dec_deg", "product_id", "mid_mjd", "flux_jy", "flux_err_jy", "created_at")
+
+
+def _field(row: Any, key: str) -> Any:
+    return row.get(key) if isinstance(row, dict) else getattr(row, key, None)
+
+
+def _photometry_rows(product_id: int, rows: Iterable[Any], mid_mjd: float | None) -> list[dict]:
+    """Rows (dicts or objects with name, ra_deg, dec_deg, flux_jy, flux_err_jy[, mid_mjd]) as table values."""
+    now = _now()
+    out, seen = [], set()
+    for r in rows:
+        name = str(_field(r, "name"))
+        if name in seen:
+            raise ValueError(f"photometry for product {product_id}: source {name!r} given twice")
+        seen.add(name)
+        flux = float(_field(r, "flux_jy"))
+        if not math.isfinite(flux):
+            raise ValueError(f"photometry for product {product_id}: source {name!r} has flux {flux}")
+        err, row_mjd = _field(r, "flux_err_jy"), _field(r, "mid_mjd")
+        out.append({"name": name, "ra_deg": float(_field(r, "ra_deg")), "dec_deg": float(_field(r, "dec_deg")),
+                    "product_id": int(product_id), "mid_mjd": mid_mjd if row_mjd is None else float(row_mjd),
+                    "flux_jy": flux, "flux_err_jy": None if err is None else float(err), "created_at": now})
+    return out
+
+
+def _photometry_row(r: Any) -> dict:
+    return {**dict(r), "created_at": _as_utc(r["created_at"])}
 
 
 def _checked_calset(set_name: str, kind: str, tables: list[tuple[str, str]], valid_from_mjd: float,

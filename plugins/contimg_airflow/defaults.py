@@ -54,3 +54,11 @@ def calibration_params(cfg: PipelineConfig) -> dict[str, Param]:
                                       enum=["auto", "aoflagger", "casa", "none"],
                                       description="RFI flagger of calibration solves (auto = AOFlagger if installed)"),
     }
+
+
+def mosaic_params(cfg: PipelineConfig) -> dict[str, Param]:
+    """Mosaic choices offered in the trigger form (and for backfills)."""
+    return {
+        "mosaic_method": Param(cfg.mosaic_method, type="string", enum=["weighted", "mean", "median"],
+                               description="how images are combined: weighted = PB^2/sigma^2 linear mosaic"),
+    }

@@ -5,7 +5,9 @@ OVRO, a 5-min meridian transit at dec +55, 16 channels over the band, and one
 point source of 1 Jy at a known offset from the phase centre whose
 visibilities are attenuated by the Airy beam of the meridian pointing at each
 integration and channel (as the sky would be). After our primary-beam
-correction the source must read 1 Jy again."""
+correction the source must read 1 Jy again. Both backends image it with one
+ImagingParams; the tests check they were told the same, that every product
+carries the full FITS header, and the flagged fraction and image QA."""
 from __future__ import annotations
 
 import math
@@ -15,16 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from astropy.io import fits
 from dsa110_contimg import casa_env
 from dsa110_contimg.crossmatch import find_sources
+from dsa110_contimg.errors import ImagingError
 from dsa110_contimg.geometry import angular_separation, meridian_direction
 from dsa110_contimg.imaging import ImagingParams, image_ms
 from dsa110_contimg.imaging.msinfo import POINTING_DEC_KEYWORD, apparent_dec_of, icrs_to_itrs_unit
 from dsa110_contimg.instrument import (
-    BAND_HIGH_HZ, BAND_LOW_HZ, DISH_DIAMETER_M, INTEGRATION_S, active_pads, airy_beam, pad_enu,
+    BAND_HIGH_HZ,
+    BAND_LOW_HZ,
+    DISH_DIAMETER_M,
+    INTEGRATION_S,
+    active_pads,
+    airy_beam,
+    pad_enu,
 )
-from dsa110_contimg.errors import ImagingError
 
 pytestmark = pytest.mark.casa
 
@@ -126,17 +134,28 @@ def point_ms(tmp_path_factory) -> Path:
     return ms
 
 
-BACKENDS = ["tclean", pytest.param("wsclean", marks=pytest.mark.skipif(
-    shutil.which("wsclean") is None, reason="no wsclean"))]
+HAVE_WSCLEAN = shutil.which("wsclean") is not None
+BACKENDS = ["tclean", pytest.param("wsclean", marks=pytest.mark.skipif(not HAVE_WSCLEAN, reason="no wsclean"))]
+NITER = 500
+
+
+@pytest.fixture(scope="module")
+def images(point_ms, tmp_path_factory) -> dict[str, object]:
+    """The point-source MS imaged once per available backend with one ImagingParams."""
+    out = {}
+    for backend in ["tclean"] + (["wsclean"] if HAVE_WSCLEAN else []):
+        t0 = time.monotonic()
+        res = image_ms(point_ms, tmp_path_factory.mktemp(backend), ImagingParams(backend=backend, niter=NITER))
+        print(f"{backend}: {time.monotonic() - t0:.1f} s, size {res.imsize} cell {res.cell_arcsec}\" "
+              f"beam {res.beam_arcsec} psf fit {res.psf_beam_arcsec} rms {res.rms_jy:.3g} peak {res.peak_jy:.4f} "
+              f"pbcor peak {res.pbcor_peak_jy:.4f}")
+        out[backend] = res
+    return out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_point_source_flux_and_position(point_ms, tmp_path, backend):
-    params = ImagingParams(backend=backend, niter=500)
-    t0 = time.monotonic()
-    res = image_ms(point_ms, tmp_path, params)
-    print(f"{backend}: {time.monotonic() - t0:.1f} s, size {res.imsize} cell {res.cell_arcsec}\" "
-          f"beam {res.beam_arcsec} rms {res.rms_jy:.3g} peak {res.peak_jy:.4f} pbcor peak {res.pbcor_peak_jy:.4f}")
+def test_point_source_flux_and_position(images, backend):
+    res = images[backend]
     for p in (res.image_fits, res.pb_fits, res.pbcor_fits):
         assert p.exists()
     assert res.backend == backend
@@ -147,8 +166,8 @@ def test_point_source_flux_and_position(point_ms, tmp_path, backend):
     found = find_sources(res.pbcor_fits, snr=10.0)
     assert found, "no source found in the pb-corrected image"
     src = found[0]
-    from astropy.coordinates import SkyCoord
     import astropy.units as u
+    from astropy.coordinates import SkyCoord
 
     off = SkyCoord(src.ra_deg * u.deg, src.dec_deg * u.deg).separation(SkyCoord(ra * u.deg, dec * u.deg)).arcsec
     # position within 0.2 of the synthesised beam (noise-free data, S/N >> 100)
@@ -159,6 +178,109 @@ def test_point_source_flux_and_position(point_ms, tmp_path, backend):
     # the flat image holds the beam-attenuated flux (PB ~0.6 there), not 1 Jy
     flat = find_sources(res.image_fits, snr=10.0)[0]
     assert 0.45 < flat.flux_jy < 0.8, flat
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fits_headers_complete_and_sane(images, point_ms, backend):
+    from astropy.time import Time
+    from dsa110_contimg import __version__
+    from dsa110_contimg.imaging.backends import casatools_version
+    from dsa110_contimg.imaging.headers import REQUIRED_KEYS
+
+    res = images[backend]
+    for path in (res.image_fits, res.pb_fits, res.pbcor_fits):
+        h = fits.getheader(path)
+        missing = [k for k in REQUIRED_KEYS if k not in h]
+        assert not missing, f"{path.name} lacks {missing}"
+        assert h["NAXIS"] == 2 and h["CTYPE1"] == "RA---SIN" and h["CTYPE2"] == "DEC--SIN"
+        assert h["BUNIT"] == ("" if path == res.pb_fits else "JY/BEAM")
+        # the restoring beam is the predicted one, in degrees, identical for both backends
+        assert [h["BMAJ"] * 3600, h["BMIN"] * 3600, h["BPA"]] == pytest.approx(list(res.beam_arcsec))
+        assert 0 < h["BMIN"] <= h["BMAJ"] < 600 / 3600
+        assert 1311.25e6 < h["FREQ"] < 1498.75e6 and h["BANDWID"] == pytest.approx(187.5e6)
+        start = Time(h["DATE-OBS"], format="isot", scale="utc").mjd
+        assert start == pytest.approx(h["MJD-OBS"], abs=1e-8)
+        # NTIMES integrations: start half an integration before the first centre
+        assert (h["MJD-MID"] - h["MJD-OBS"]) * 86400 == pytest.approx(NTIMES * INTEGRATION_S / 2, abs=0.01)
+        assert h["MJD-MID"] == pytest.approx(res.mid_mjd)
+        # the meridian at mid-time: the simulator's hour-angle clock puts it
+        # within a degree of the phase centre; the pointing declination is
+        # the phase centre's (apparent_dec_of inverts the ICRS->apparent step)
+        assert abs(h["OBSRA"] - PHASE_RA_DEG) < 1.0 and h["OBSDEC"] == pytest.approx(PHASE_DEC_DEG, abs=0.01)
+        assert h["TELESCOP"] == "DSA-110" and h["ORIGIN"] == "dsa110_contimg" and h["OBSERVER"]
+        assert h["CONTIMGV"] == __version__ and h["CASAVER"] == casatools_version()
+        if backend == "wsclean":
+            assert h["WSCLNVER"].startswith("3.")
+        assert h["IMAGER"] == backend and h["DECONV"] == "hogbom" and h["STOKES"] == "I"
+        assert h["WEIGHTNG"] == "briggs" and h["ROBUST"] == 0.0 and h["NITER"] == NITER
+        assert h["CELL"] == res.cell_arcsec and h["IMSIZE"] == res.imsize == h["NAXIS1"]
+        assert h["CDELT2"] * 3600 == pytest.approx(res.cell_arcsec)
+        assert h["FLAGFRAC"] == 0.0
+        assert any("ImagingParams" in str(c) for c in h["HISTORY"])
+    assert fits.getheader(res.pbcor_fits)["PBLIMIT"] == 0.2
+
+
+@pytest.mark.skipif(not HAVE_WSCLEAN, reason="no wsclean")
+def test_backends_use_the_same_parameters(images):
+    """What each imager was told (its own log) and what it did (its PSF)."""
+    tc, ws = images["tclean"], images["wsclean"]
+    assert tc.imaging == ws.imaging
+    s = tc.imaging
+    bmaj, bmin, bpa = s["restoring_beam"]
+    # tclean: CASA logs the call with every argument
+    call = next(line for line in tc.log_path.read_text().splitlines() if "tclean( vis=" in line)
+    for arg in ("deconvolver='hogbom'", "specmode='mfs'", "nterms=1", "stokes='I'", "weighting='briggs'",
+                f"robust={s['robust']}", f"niter={NITER}", "gain=0.1", "threshold='0Jy'", f"nsigma={s['nsigma']}",
+                f"imsize=[{s['imsize']}, {s['imsize']}]", f"cell='{s['cell_arcsec']}arcsec'", "gridder='wproject'",
+                f"restoringbeam=['{bmaj}arcsec', '{bmin}arcsec', '{bpa}deg']"):
+        assert arg in call, arg
+    # WSClean: the first line of its log is the command
+    cmd = ws.log_path.read_text().splitlines()[0]
+    for arg in ("-weight briggs 0.0", f"-niter {NITER}", "-gain 0.1", f"-auto-threshold {s['nsigma']}",
+                f"-size {s['imsize']} {s['imsize']}", f"-scale {s['cell_arcsec']}asec", "-pol I", "-use-wgridder",
+                f"-beam-shape {bmaj}asec {bmin}asec {bpa}deg"):
+        assert arg in cmd, arg
+    assert "multiscale" not in cmd and "-channels-out" not in cmd
+    # the same weighting gives the same PSF: both fits within 3 % of the predicted beam
+    for res in (tc, ws):
+        assert res.psf_beam_arcsec[0] == pytest.approx(bmaj, rel=0.03)
+        assert res.psf_beam_arcsec[1] == pytest.approx(bmin, rel=0.03)
+    # cell rule: five pixels across the minor axis
+    assert bmin / s["cell_arcsec"] == pytest.approx(5.0, abs=0.1)
+    htc, hws = fits.getheader(tc.image_fits), fits.getheader(ws.image_fits)
+    for key in ("CELL", "IMSIZE", "ROBUST", "WEIGHTNG", "NITER", "DECONV", "STOKES", "NSIGMA", "SPECMODE"):
+        assert htc[key] == hws[key], key
+    for key in ("BMAJ", "BMIN", "BPA"):  # CASA rounds the beam it writes in its last digits
+        assert htc[key] == pytest.approx(hws[key], rel=1e-9), key
+
+
+def test_flagged_fraction_and_image_qa(point_ms, tmp_path):
+    """One antenna flagged: the result and header report the fraction, QA passes, thumbnail written."""
+    from dsa110_contimg.imaging import image_qa
+
+    ms = tmp_path / "flagged.ms"
+    shutil.copytree(point_ms, ms)
+    tb = casa_env.casatools().table()
+    tb.open(str(ms), nomodify=False)
+    a1, a2 = tb.getcol("ANTENNA1"), tb.getcol("ANTENNA2")
+    flag = tb.getcol("FLAG")
+    cross = a1 != a2
+    hit = cross & ((a1 == 3) | (a2 == 3))
+    flag[:, :, hit] = True
+    tb.putcol("FLAG", flag)
+    tb.close()
+    tb.done()
+    expected = hit.sum() / cross.sum()
+    backend = "wsclean" if HAVE_WSCLEAN else "tclean"
+    res = image_ms(ms, tmp_path / "out", ImagingParams(backend=backend, niter=200))
+    assert res.flagged_fraction == pytest.approx(expected)
+    assert fits.getheader(res.image_fits)["FLAGFRAC"] == pytest.approx(expected)
+    qa = image_qa(res.image_fits, res.pbcor_fits, res.flagged_fraction, thumbnail_png=tmp_path / "thumb.png")
+    print(qa)
+    assert qa["qa_status"] == "good", qa["reasons"]
+    assert qa["flagged_fraction"] == pytest.approx(expected)
+    assert qa["dynamic_range"] > 100 and qa["beam_arcsec"][0] < 300
+    assert (tmp_path / "thumb.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_missing_and_empty_ms(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from dsa110_contimg.cli import build_parser, main
+from dsa110_contimg.registry import head_revision
 
 STAGES = {"simulate", "ingest", "convert", "calibrate", "image", "mosaic", "crossmatch", "publish", "registry"}
 
@@ -57,7 +58,7 @@ def test_registry_defaults_to_summary(tmp_path, capsys):
     assert main(["registry", "summary", "--registry", url]) == 0
     assert json.loads(capsys.readouterr().out)["caltables"] == 5
     assert main(["registry", "migrate", "--registry", url]) == 0
-    assert json.loads(capsys.readouterr().out) == {"schema_revision": "0002"}
+    assert json.loads(capsys.readouterr().out) == {"schema_revision": head_revision()}
 
 
 def test_registry_list_table_and_json(tmp_path, capsys):
@@ -92,3 +93,24 @@ def test_registry_retire(tmp_path, capsys):
     assert exc.value.code == 1
     err = json.loads(capsys.readouterr().err)
     assert "no calibration set named 'no_such_set'" in err["reason"]
+
+
+def test_sources_lightcurve_and_variability(tmp_path, capsys):
+    """Forced photometry of one source in three mosaics: its light curve and V, eta."""
+    from dsa110_contimg.registry import Registry
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    reg.migrate()
+    for k, flux in enumerate([1.0, 1.2, 0.8]):
+        pid = reg.register_product("mosaic", f"w{k}", f"/p/w{k}.fits", mid_mjd=61055.0 + k / 24)
+        reg.record_photometry(pid, [{"name": "NVSS J0834+5534", "ra_deg": 128.7, "dec_deg": 55.57,
+                                     "flux_jy": flux, "flux_err_jy": 0.1}], mid_mjd=61055.0 + k / 24)
+    assert main(["sources", "lightcurve", "NVSS J0834+5534", "--registry", url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["flux_jy"] for r in out["photometry"]] == [1.0, 1.2, 0.8]
+    assert abs(out["variability"]["V"] - 0.2) < 1e-9  # std (ddof 1) 0.2 over mean 1.0
+    assert abs(out["variability"]["eta"] - 4.0) < 1e-9  # (0 + 0.04 + 0.04) / 0.01 / 2
+    assert main(["sources", "variability", "--registry", url]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "NVSS J0834+5534" and row["n"] == 3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -32,13 +33,23 @@ def _touch_group(cfg, start, n=16):
         os.utime(p, (old, old))
 
 
-def test_qa_image_thresholds(env):
+def test_qa_image_uses_the_configured_thresholds(env, tmp_path):
+    """A 1 Jy source on 2 mJy noise: good with the defaults, bad when the rms limit is 1 mJy."""
+    from dataclasses import replace
+
+    from dsa110_contimg.sources.synthetic import ImageSpec, TrueSource, synthetic_image
+
     cfg, _ = env
-    assert qa_image(cfg, {"rms_jy": 0.002, "peak_jy": 1.0}) == {"qa_status": "good", "reasons": [],
-                                                                 "dynamic_range": 500.0}
-    bad = qa_image(cfg, {"rms_jy": 0.5, "peak_jy": 1.0})
-    assert bad["qa_status"] == "bad" and "above" in bad["reasons"][0]
-    assert qa_image(cfg, {"rms_jy": float("nan"), "peak_jy": 1.0})["qa_status"] == "bad"
+    spec = ImageSpec(npix=256, rms_jy=0.002)
+    img = synthetic_image(tmp_path / "g.image.fits", [TrueSource("s", 150.0, 55.0, 1.0)], spec)
+    pbcor = synthetic_image(tmp_path / "g.pbcor.fits", [TrueSource("s", 150.0, 55.0, 1.0)], spec)
+    image = {"image_fits": str(img), "pbcor_fits": str(pbcor), "flagged_fraction": 0.1}
+    good = qa_image(cfg, image)
+    assert good["qa_status"] == "good" and good["reasons"] == []
+    assert abs(good["rms_jy"] / 0.002 - 1) < 0.1 and good["dynamic_range"] > 300
+    assert Path(good["thumbnail"]).name == "g.thumb.png" and Path(good["thumbnail"]).exists()
+    bad = qa_image(replace(cfg, qa_max_rms_jy=0.001), image)
+    assert bad["qa_status"] == "bad" and "rms" in bad["reasons"][0]
 
 
 def test_ingest_claims_each_group_once(env):

@@ -139,8 +139,8 @@ def test_migrate_empty_database_to_head_beside_airflow(fresh_url):
         c.execute(sa.text("INSERT INTO alembic_version VALUES ('airflow_head')"))
     r = Registry(fresh_url)
     assert r.schema_revision() is None
-    assert r.migrate() == head_revision() == "0002"
-    assert r.schema_revision() == "0002"
+    assert r.migrate() == head_revision() == "0003"
+    assert r.schema_revision() == "0003"
     assert {"groups", "caltables", "products", "sources", "schema_meta", "contimg_alembic_version"} \
         <= _tables_in(r.engine, r.schema)
     assert NEW_CALTABLE_COLUMNS <= _columns(r.engine, "caltables", r.schema)
@@ -151,7 +151,7 @@ def test_migrate_empty_database_to_head_beside_airflow(fresh_url):
         assert r.schema == "contimg"
         assert "contimg_alembic_version" not in _tables_in(r.engine, "public")
     with r.engine.connect() as c:
-        assert c.execute(sa.select(r.t["meta"].c.value)).scalar() == "2"
+        assert c.execute(sa.select(r.t["meta"].c.value)).scalar() == "3"
     eng.dispose()
     r.engine.dispose()
 
@@ -160,8 +160,8 @@ def test_legacy_v1_database_is_stamped_then_upgraded_keeping_rows(fresh_url):
     schema = _make_legacy_db(fresh_url)
     r = Registry(fresh_url)
     assert r.schema_revision() is None
-    assert r.migrate() == "0002"
-    assert r.schema_revision() == "0002"
+    assert r.migrate() == "0003"
+    assert r.schema_revision() == "0003"
     assert r.get_group("g1")["status"] == "imaged"
     assert [t.path for t in r.apply_list(100.5)] == ["/c/old.B", "/c/old.G"]
     sets = {s["set_name"]: s for s in r.calsets()}
@@ -196,19 +196,19 @@ def test_partial_legacy_schema_is_refused(fresh_url):
 
 def test_migrate_is_idempotent_and_cheap_at_head(fresh_url):
     first = Registry(fresh_url)
-    assert first.migrate() == first.migrate() == "0002"
+    assert first.migrate() == first.migrate() == "0003"
     first.engine.dispose()
     again = Registry(fresh_url)
     seen = _count_statements(again.engine)
-    assert again.migrate() == "0002"
+    assert again.migrate() == "0003"
     assert seen == []  # this process already brought the URL to head
     registry_mod._AT_HEAD.discard((again.url, again.schema))
-    assert again.migrate() == "0002"
+    assert again.migrate() == "0003"
     assert seen and not any(s.lstrip().upper().startswith(("CREATE", "ALTER", "INSERT", "UPDATE")) for s in seen)
     assert not any("advisory" in s or "IMMEDIATE" in s for s in seen)  # no lock when at head
     with again.engine.connect() as c:
         version = sa.table("contimg_alembic_version", sa.column("version_num"), schema=again.schema)
-        assert c.execute(sa.select(version.c.version_num)).scalars().all() == ["0002"]
+        assert c.execute(sa.select(version.c.version_num)).scalars().all() == ["0003"]
     again.engine.dispose()
 
 
@@ -230,12 +230,12 @@ def test_concurrent_migrate_from_four_processes(fresh_url):
     outcomes = [results.get(timeout=180) for _ in procs]
     for p in procs:
         p.join(timeout=60)
-    assert outcomes == [("ok", "0002")] * 4
+    assert outcomes == [("ok", "0003")] * 4
     assert [p.exitcode for p in procs] == [0] * 4
     r = Registry(fresh_url)
     with r.engine.connect() as c:
         version = sa.table("contimg_alembic_version", sa.column("version_num"), schema=r.schema)
-        assert c.execute(sa.select(version.c.version_num)).scalars().all() == ["0002"]
+        assert c.execute(sa.select(version.c.version_num)).scalars().all() == ["0003"]
         assert c.execute(sa.select(sa.func.count()).select_from(r.t["meta"])).scalar() == 1
     r.engine.dispose()
 
@@ -247,7 +247,7 @@ def test_downgrade_to_0001_and_back(reg):
     assert not NEW_CALTABLE_COLUMNS & _columns(reg.engine, "caltables", reg.schema)
     assert "provenance" not in _columns(reg.engine, "products", reg.schema)
     registry_mod._AT_HEAD.discard((reg.url, reg.schema))
-    assert reg.migrate() == "0002"
+    assert reg.migrate() == "0003"
     assert NEW_CALTABLE_COLUMNS <= _columns(reg.engine, "caltables", reg.schema)
 
 
@@ -476,3 +476,64 @@ def test_mjd_round_trip():
     assert abs(mjd_from_datetime(dt) - 61055.524259259) < 1e-8
     assert abs((datetime_from_mjd(mjd_from_datetime(dt)) - dt).total_seconds()) < 1e-3
     assert json.loads(json.dumps({"mjd": mjd_from_datetime(dt)}))["mjd"] == mjd_from_datetime(dt)
+
+
+# -- photometry (revision 0003) ----------------------------------------------------------------
+PHOTOMETRY_COLUMNS = {"id", "name", "ra_deg", "dec_deg", "product_id", "mid_mjd", "flux_jy", "flux_err_jy",
+                      "created_at"}
+
+
+def test_photometry_table_migration_up_and_down(reg):
+    assert _columns(reg.engine, "photometry", reg.schema) == PHOTOMETRY_COLUMNS
+    insp = sa.inspect(reg.engine)
+    assert "ix_photometry_name" in {i["name"] for i in insp.get_indexes("photometry", schema=reg.schema)}
+    uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("photometry", schema=reg.schema)}
+    assert ("product_id", "name") in uniques
+    [fk] = insp.get_foreign_keys("photometry", schema=reg.schema)
+    assert fk["referred_table"] == "products" and fk["constrained_columns"] == ["product_id"]
+    with reg.engine.begin() as c:
+        command.downgrade(registry_mod._alembic_config(c, reg.schema), "0002")
+    assert reg.schema_revision() == "0002"
+    assert "photometry" not in _tables_in(reg.engine, reg.schema)
+    with reg.engine.connect() as c:
+        assert c.execute(sa.select(reg.t["meta"].c.value)).scalar() == "2"
+    registry_mod._AT_HEAD.discard((reg.url, reg.schema))
+    assert reg.migrate() == "0003"
+    assert _columns(reg.engine, "photometry", reg.schema) == PHOTOMETRY_COLUMNS
+
+
+def test_record_photometry_replaces_and_light_curve_is_time_ordered(reg):
+    late = reg.register_product("mosaic", "w2", "/m/w2.fits", window="w2", mid_mjd=61001.0)
+    early = reg.register_product("mosaic", "w1", "/m/w1.fits", window="w1", mid_mjd=61000.0)
+    rows = [{"name": "J1", "ra_deg": 10.0, "dec_deg": 55.0, "flux_jy": 0.10, "flux_err_jy": 0.001},
+            {"name": "J2", "ra_deg": 11.0, "dec_deg": 55.5, "flux_jy": 0.02, "flux_err_jy": 0.001}]
+    assert reg.record_photometry(late, rows) == 2
+    obj = SimpleNamespace(name="J1", ra_deg=10.0, dec_deg=55.0, flux_jy=0.12, flux_err_jy=0.002)
+    assert reg.record_photometry(early, [obj]) == 1  # objects (e.g. ForcedMeasurement) work too
+    lc = reg.light_curve("J1")
+    assert [(r["product_id"], r["mid_mjd"], r["flux_jy"]) for r in lc] == [(early, 61000.0, 0.12),
+                                                                           (late, 61001.0, 0.10)]
+    assert set(lc[0]) == PHOTOMETRY_COLUMNS - {"id"}
+    assert lc[0]["created_at"].tzinfo is not None
+    # rerunning a product's photometry replaces its rows; an explicit mid_mjd wins over the product's
+    assert reg.record_photometry(late, rows[:1], mid_mjd=61001.5) == 1
+    assert [r["mid_mjd"] for r in reg.light_curve("J1")] == [61000.0, 61001.5]
+    assert reg.light_curve("J2") == []
+    assert reg.light_curve("nobody") == []
+    assert {k: len(v) for k, v in reg.light_curves().items()} == {"J1": 2}
+    assert set(reg.light_curves(["J2"])) == set()
+
+
+def test_record_photometry_refuses_bad_rows(reg):
+    pid = reg.register_product("mosaic", "w1", "/m/w1.fits", mid_mjd=61000.0)
+    row = {"name": "J1", "ra_deg": 10.0, "dec_deg": 55.0, "flux_jy": 0.1, "flux_err_jy": 0.001}
+    with pytest.raises(KeyError, match="product 999"):
+        reg.record_photometry(999, [row])
+    with pytest.raises(ValueError, match="given twice"):
+        reg.record_photometry(pid, [row, row])
+    with pytest.raises(ValueError, match="flux nan"):
+        reg.record_photometry(pid, [{**row, "flux_jy": float("nan")}])
+    assert reg.light_curve("J1") == []  # nothing half-written
+    with pytest.raises(sa.exc.IntegrityError), reg.engine.begin() as c:  # the unique constraint holds
+        c.execute(reg.t["photometry"].insert(),
+                  [{**row, "product_id": pid, "created_at": datetime.now(timezone.utc)}] * 2)

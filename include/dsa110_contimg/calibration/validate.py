@@ -113,25 +113,33 @@ def calibrator_flux_ratio(ms: Path, calibrator, work: Path) -> float:
     return float(np.sum((data.real * m)[good]) / np.sum((m * m)[good]))
 
 
-def validate_simulated(work_dir: Path, preset: str = "full", seed: int = 1) -> dict[str, Any]:
-    """Simulate the calibrator group at ``preset``, solve, compare with truth, apply, measure the flux."""
+def simulate_transit_group(work_dir: Path, preset: str = "full", seed: int = 1):
+    """Simulate and convert the group containing the 0834+555 transit; (SessionResult, MS path).
+
+    Simulated files already present are reused (the simulator skips them)."""
     from .. import instrument as ins
-    from ..calibrators import get_calibrator, transit_on
+    from ..calibrators import transit_on
     from ..convert import convert_group
     from ..simulate import session_start_around_transit, simulate_session
+
+    file_s = ins.preset(preset).integrations_per_file * ins.INTEGRATION_S
+    floor = session_start_around_transit(CALIBRATOR, DAY)
+    start = floor + timedelta(seconds=((transit_on(CALIBRATOR, DAY) - floor).total_seconds() // file_s) * file_s)
+    sim = simulate_session(Path(work_dir) / "incoming", preset, start, 1, POINTING_DEC_DEG, seed=seed,
+                           calibrator=CALIBRATOR)
+    return sim, Path(convert_group(list(sim.files), Path(work_dir) / "ms").ms_path)
+
+
+def validate_simulated(work_dir: Path, preset: str = "full", seed: int = 1) -> dict[str, Any]:
+    """Simulate the calibrator group at ``preset``, solve, compare with truth, apply, measure the flux."""
+    from ..calibrators import get_calibrator
     from .apply import apply_calibration
     from .solve import CalSolveParams, solve_calibration
 
     t0 = time.monotonic()
     work_dir = Path(work_dir)
     shutil.rmtree(work_dir / "sim", ignore_errors=True)
-    file_s = ins.preset(preset).integrations_per_file * ins.INTEGRATION_S
-    floor = session_start_around_transit(CALIBRATOR, DAY)
-    start = floor + timedelta(seconds=((transit_on(CALIBRATOR, DAY) - floor).total_seconds() // file_s) * file_s)
-    sim = simulate_session(work_dir / "sim" / "incoming", preset, start, 1, POINTING_DEC_DEG, seed=seed,
-                           calibrator=CALIBRATOR)
-    conv = convert_group(list(sim.files), work_dir / "sim" / "ms")
-    ms = Path(conv.ms_path)
+    sim, ms = simulate_transit_group(work_dir / "sim", preset, seed)
     cal = get_calibrator(CALIBRATOR)
     solve = solve_calibration(ms, cal, work_dir / "sim" / "caltables", CalSolveParams(), kind="bandpass")
     amp, ph = gain_errors(solve.tables, Path(sim.gains_path), ms, solve.refant)

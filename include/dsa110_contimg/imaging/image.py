@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +23,36 @@ from typing import Any
 
 import numpy as np
 
-from .. import casa_env
 from ..errors import ImagingError
-from ..results import jsonable
 from ..instrument import SPEED_OF_LIGHT
+from ..results import jsonable
+from .backends import ImagerSetup, run_tclean, run_wsclean, tail
 from .beam import drift_beam_for_ms
-from .fitsutil import beam_deg, celestial_header, read_image_2d, robust_rms, write_fits_atomic
+from .fitsutil import beam_deg, celestial_header, read_image_2d, write_fits_atomic
+from .headers import pb_header, pbcor_header, product_header
 from .msinfo import MsInfo, read_ms_info
 from .params import ImagingParams
+from .psf import fit_beam, predict_beam
+from .qa import clipped_rms
 
 log = logging.getLogger(__name__)
 
-LOG_TAIL_LINES = 25
+NYQUIST_FRACTION = 0.4  # the cell never exceeds 0.4 lambda_min/B_max (Nyquist is 0.5)
+PSF_MISMATCH = 0.10  # warn when the imager's PSF and the predicted beam differ by more
 
 
 @dataclass(frozen=True)
 class ImageResult:
     """What the image stage produced (travels through XCom via ``to_dict``).
 
-    beam_arcsec is (bmaj arcsec, bmin arcsec, bpa deg); rms_jy is the robust
-    (MAD) rms of the flat image and peak_jy its maximum, both Jy/beam;
-    ra_deg/dec_deg the image (phase) centre; mid_mjd the observation mid-time."""
+    beam_arcsec is the restoring beam (bmaj arcsec, bmin arcsec, bpa deg);
+    rms_jy is the robust rms of the flat image (1.4826 MAD, iteratively
+    clipped at 3 sigma: ``qa.clipped_rms``, the number image QA judges) and
+    peak_jy its maximum, both Jy/beam; ra_deg/dec_deg the image (phase) centre; mid_mjd the
+    observation mid-time; flagged_fraction the flagged share of the
+    cross-correlation visibilities imaged (FLAG is shared by every data
+    column); psf_beam_arcsec our Gaussian fit to the imager's own PSF (a
+    check on the predicted restoring beam, None when no PSF was written)."""
 
     image_fits: Path
     pbcor_fits: Path
@@ -62,6 +70,10 @@ class ImageResult:
     pbcor_peak_jy: float
     seconds: float
     log_path: Path | None = None
+    flagged_fraction: float | None = None
+    bandwidth_hz: float | None = None
+    psf_beam_arcsec: tuple[float, float, float] | None = None
+    imaging: dict[str, Any] | None = None  # the ImagerSetup both backends were given
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(self)
@@ -84,17 +96,30 @@ def _good_fft_size(n: int) -> int:
         m += 2
 
 
-def choose_cell_and_size(info: MsInfo, params: ImagingParams) -> tuple[float, int]:
-    """Cell (arcsec) and image size (pixels) from the params or the MS uvw.
+def predicted_beam(info: MsInfo, params: ImagingParams) -> tuple[float, float, float]:
+    """The restoring beam (arcsec, arcsec, deg) this weighting gives on this MS's uv coverage."""
+    uvw = info.uvw_m if info.uvw_m is not None else np.zeros((3, 0))
+    try:
+        return predict_beam(uvw, info.freqs_hz, params.fov_deg, params.weighting, params.robust)
+    except ValueError as exc:
+        raise ImagingError(info.path, f"cannot predict the synthesised beam: {exc}") from exc
 
-    Cell = (lambda_min / B_max) / oversample, rounded down to 0.1 arcsec;
-    size covers fov_deg, rounded up to an FFT-friendly even number."""
+
+def choose_cell_and_size(info: MsInfo, params: ImagingParams,
+                         beam_arcsec: tuple[float, float, float]) -> tuple[float, int]:
+    """Cell (arcsec) and image size (pixels) from the params or the cell rule.
+
+    Cell = beam minor axis / pixels_per_beam, rounded down to 0.1 arcsec (or
+    3 significant figures below 1 arcsec), capped at NYQUIST_FRACTION of
+    lambda_min / B_max; size covers fov_deg, rounded up to an FFT-friendly
+    even number (see ImagingParams)."""
     if params.cell_arcsec is not None:
         cell = float(params.cell_arcsec)
     else:
         lam_min = SPEED_OF_LIGHT / float(np.max(info.freqs_hz))
-        cell = math.degrees(lam_min / info.max_uv_m) * 3600.0 / params.oversample
-        cell = max(0.1, math.floor(cell * 10.0) / 10.0)
+        nyquist = math.degrees(lam_min / info.max_uv_m) * 3600.0 * NYQUIST_FRACTION
+        cell = min(beam_arcsec[1] / params.pixels_per_beam, nyquist)
+        cell = math.floor(cell * 10.0) / 10.0 if cell >= 1.0 else float(f"{cell:.3g}")
     if params.imsize is not None:
         size = int(params.imsize)
     else:
@@ -110,101 +135,50 @@ def _datacolumn(info: MsInfo, params: ImagingParams) -> str:
     return params.datacolumn
 
 
-def _tail(path: Path | None, n: int = LOG_TAIL_LINES) -> str:
-    if path is None or not Path(path).exists():
-        return "(no log)"
-    lines = Path(path).read_text(errors="replace").splitlines()
-    return "\n".join(lines[-n:])
+def imager_setup(info: MsInfo, params: ImagingParams) -> ImagerSetup:
+    """Resolve the params against the MS into what both imagers are told."""
+    beam = predicted_beam(info, params)
+    cell, size = choose_cell_and_size(info, params, beam)
+    return ImagerSetup(
+        datacolumn=_datacolumn(info, params),
+        imsize=size,
+        cell_arcsec=cell,
+        weighting=params.weighting,
+        robust=params.robust,
+        niter=params.niter,
+        gain=params.gain,
+        mgain=params.mgain,
+        threshold_jy=params.threshold_jy,
+        nsigma=params.auto_threshold_sigma,
+        restoring_beam=tuple(round(float(x), 3) for x in beam),
+        gridder=params.gridder,
+        wprojplanes=params.wprojplanes,
+    )
 
 
-# --------------------------------------------------------------------------
-# imagers: each returns the path of the restored FITS image it wrote in work/
+def flagged_fraction(ms: Path) -> float:
+    """Flagged share of the cross-correlation visibilities (calibration.apply's count)."""
+    from ..calibration.apply import cross_flagged_fraction
+
+    return float(cross_flagged_fraction(ms))
 
 
-def _run_tclean(info: MsInfo, work: Path, name: str, cell: float, size: int, params: ImagingParams, logfile: Path) -> Path:
-    cts = casa_env.casatasks()
-    casalog = cts.casalog
-    previous_log = casalog.logfile()
-    casalog.setlogfile(str(logfile))
-    imagename = str(work / name)
-    threshold = f"{params.threshold_jy}Jy" if params.threshold_jy is not None else "0Jy"
-    nsigma = 0.0 if params.threshold_jy is not None else params.auto_threshold_sigma
+def _psf_beam(psf_fits: Path, cell: float, predicted: tuple[float, float, float]) -> tuple[float, float, float] | None:
+    """Our fit to the imager's PSF; warns when it disagrees with the predicted beam."""
+    if not psf_fits.exists():
+        return None
+    psf, _, _ = read_image_2d(psf_fits)
     try:
-        ret = cts.tclean(
-            vis=str(info.path),
-            imagename=imagename,
-            datacolumn=_datacolumn(info, params),
-            specmode="mfs",
-            nterms=1,
-            stokes="I",
-            imsize=[size, size],
-            cell=f"{cell}arcsec",
-            gridder=params.gridder,
-            wprojplanes=params.wprojplanes,
-            # the primary beam is ours: no tclean pb mask/normalisation
-            pblimit=-1e-4,
-            deconvolver="hogbom",
-            weighting=params.weighting,
-            robust=params.robust,
-            niter=params.niter,
-            gain=params.gain,
-            threshold=threshold,
-            nsigma=nsigma,
-            interactive=False,
-            savemodel="none",
-            pbcor=False,
-        )
-        if isinstance(ret, dict) and ret.get("stopcode") is None and not Path(imagename + ".image").exists():
-            raise RuntimeError(f"tclean returned {ret!r}")
-        if not Path(imagename + ".image").exists():
-            raise RuntimeError("tclean wrote no restored image")
-        fits_out = work / f"{name}-image.fits"
-        cts.exportfits(imagename=imagename + ".image", fitsimage=str(fits_out), overwrite=True, velocity=False)
-        if not fits_out.exists():
-            raise RuntimeError("exportfits wrote nothing")
-    except ImagingError:
-        raise
-    except Exception as exc:
-        raise ImagingError(info.path, f"tclean failed: {exc}\n--- CASA log tail ---\n{_tail(logfile)}") from exc
-    finally:
-        try:
-            casalog.setlogfile(previous_log)
-        except Exception:  # pragma: no cover
-            pass
-    return fits_out
-
-
-def _run_wsclean(info: MsInfo, work: Path, name: str, cell: float, size: int, params: ImagingParams, logfile: Path) -> Path:
-    exe = shutil.which("wsclean")
-    if exe is None:
-        raise ImagingError(info.path, "wsclean is not on PATH")
-    col = {"data": "DATA", "corrected": "CORRECTED_DATA"}[_datacolumn(info, params)]
-    cmd = [exe, "-name", str(work / name), "-size", str(size), str(size), "-scale", f"{cell}asec",
-           "-pol", "I", "-use-wgridder", "-data-column", col, "-niter", str(params.niter),
-           "-mgain", str(params.mgain), "-gain", str(params.gain), "-no-update-model-required"]
-    if params.weighting == "briggs":
-        cmd += ["-weight", "briggs", str(params.robust)]
-    else:
-        cmd += ["-weight", params.weighting]
-    if params.threshold_jy is not None:
-        cmd += ["-threshold", str(params.threshold_jy)]
-    else:
-        cmd += ["-auto-threshold", str(params.auto_threshold_sigma)]
-    cmd += ["-j", str(params.threads or os.cpu_count() or 1)]
-    cmd.append(str(info.path))
-    log.info("running %s", " ".join(cmd))
-    with open(logfile, "w") as fh:
-        fh.write(" ".join(cmd) + "\n")
-        fh.flush()
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=work)
-    fits_out = work / f"{name}-image.fits"
-    if proc.returncode != 0 or not fits_out.exists():
-        raise ImagingError(
-            info.path,
-            f"wsclean failed (exit {proc.returncode}){'' if fits_out.exists() else ', no image written'}"
-            f"\n--- wsclean log tail ---\n{_tail(logfile)}",
-        )
-    return fits_out
+        fit = fit_beam(psf, cell)
+    except ValueError as exc:
+        log.warning("cannot fit the PSF %s: %s", psf_fits.name, exc)
+        return None
+    off = max(abs(fit[0] / predicted[0] - 1.0), abs(fit[1] / predicted[1] - 1.0))
+    if off > PSF_MISMATCH:
+        log.warning("the imager's PSF (%.1f\"x%.1f\") differs from the predicted restoring beam "
+                    "(%.1f\"x%.1f\") by %.0f%% (per-channel flags or weights?)", fit[0], fit[1],
+                    predicted[0], predicted[1], 100 * off)
+    return fit
 
 
 # --------------------------------------------------------------------------
@@ -212,15 +186,50 @@ def _run_wsclean(info: MsInfo, work: Path, name: str, cell: float, size: int, pa
 
 def default_name(ms: Path) -> str:
     n = Path(ms).name.rstrip("/")
-    return n[:-3] if n.endswith(".ms") else n
+    return n.removesuffix(".ms")
+
+
+def _run_imager(backend: str, setup: ImagerSetup, info: MsInfo, work: Path, name: str,
+                logfile: Path, params: ImagingParams) -> tuple[np.ndarray, Any, Any, Path]:
+    """Run one imager; return the restored image (data, header, wcs) and its PSF FITS."""
+    if backend == "tclean":
+        restored, psf = run_tclean(setup, info.path, work, name, logfile)
+    else:
+        restored, psf = run_wsclean(setup, info.path, work, name, logfile, params.threads)
+    data, hdr_in, wcs = read_image_2d(restored)
+    if not np.isfinite(data).any() or float(np.nanmax(np.abs(data))) == 0.0:
+        raise ImagingError(info.path, f"{backend} made an all-zero/NaN image (all data flagged or zero?)"
+                                      f"\n--- log tail ---\n{tail(logfile)}")
+    return data, hdr_in, wcs, psf
+
+
+def _log_plan(info: MsInfo, backend: str, flagged: float, setup: ImagerSetup) -> None:
+    log.info(
+        "image %s: backend=%s %d rows (%.1f%% of cross-correlations flagged), %d chan %.1f-%.1f MHz, %d times, "
+        "B_max=%.0f m, predicted beam %.1f\"x%.1f\" pa %.0f, cell=%.2f\" size=%d, pointing dec=%.4f deg (%s)",
+        info.path, backend, info.nrows, 100 * flagged, info.freqs_hz.size, info.freqs_hz.min() / 1e6,
+        info.freqs_hz.max() / 1e6, info.times_mjd.size, info.max_uv_m, *setup.restoring_beam, setup.cell_arcsec,
+        setup.imsize, math.degrees(info.pointing_dec_rad),
+        "keyword" if info.pointing_dec_from_keyword else "from phase centre",
+    )
+
+
+def _write_products(out_dir: Path, name: str, data: np.ndarray, pb: np.ndarray, pbcor: np.ndarray,
+                    header: Any, pblimit: float) -> tuple[Path, Path, Path]:
+    """The three FITS products, each written atomically, with their headers."""
+    return (
+        write_fits_atomic(out_dir / f"{name}.image.fits", data, header),
+        write_fits_atomic(out_dir / f"{name}.pb.fits", pb, pb_header(header, pblimit)),
+        write_fits_atomic(out_dir / f"{name}.pbcor.fits", pbcor, pbcor_header(header, pblimit)),
+    )
 
 
 def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name: str | None = None) -> ImageResult:
     """Image one MeasurementSet (Stokes I MFS) and primary-beam correct it.
 
-    Raises ImagingError (naming the MS) when the MS is missing or empty, the
-    imager fails (the reason carries the tail of the imager's log), or the
-    image has no restoring beam."""
+    Raises ImagingError (naming the MS) when the MS is missing or empty,
+    every cross-correlation is flagged, the imager fails (the reason carries
+    the tail of the imager's log), or the image has no restoring beam."""
     t0 = time.monotonic()
     ms = Path(ms).resolve()  # the imagers run in a work directory of their own
     out_dir = Path(out_dir).resolve()
@@ -228,14 +237,11 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
     name = name or default_name(ms)
     backend = params.resolved_backend()
     info = read_ms_info(ms)
-    cell, size = choose_cell_and_size(info, params)
-    log.info(
-        "image %s: backend=%s %d rows, %d chan %.1f-%.1f MHz, %d times, B_max=%.0f m, cell=%.1f\" size=%d, "
-        "pointing dec=%.4f deg (%s)",
-        ms, backend, info.nrows, info.freqs_hz.size, info.freqs_hz.min() / 1e6, info.freqs_hz.max() / 1e6,
-        info.times_mjd.size, info.max_uv_m, cell, size, math.degrees(info.pointing_dec_rad),
-        "keyword" if info.pointing_dec_from_keyword else "from phase centre",
-    )
+    flagged = flagged_fraction(ms)
+    if flagged >= 1.0:
+        raise ImagingError(ms, "every cross-correlation visibility is flagged: nothing to image")
+    setup = imager_setup(info, params)
+    _log_plan(info, backend, flagged, setup)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / f".{name}.{backend}.work-{os.getpid()}"
     if work.exists():
@@ -244,26 +250,16 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
     logfile = work / f"{name}.{backend}.log"
     try:
         t_img = time.monotonic()
-        if backend == "tclean":
-            restored = _run_tclean(info, work, name, cell, size, params, logfile)
-        else:
-            restored = _run_wsclean(info, work, name, cell, size, params, logfile)
+        data, hdr_in, wcs, psf_fits = _run_imager(backend, setup, info, work, name, logfile, params)
         t_img = time.monotonic() - t_img
-
-        data, hdr_in, wcs = read_image_2d(restored)
-        if not np.isfinite(data).any() or float(np.nanmax(np.abs(data))) == 0.0:
-            raise ImagingError(ms, f"{backend} made an all-zero/NaN image (all data flagged or zero?)"
-                                   f"\n--- log tail ---\n{_tail(logfile)}")
-        header = celestial_header(hdr_in)
-        bm = beam_deg(header)
+        psf_beam = _psf_beam(psf_fits, setup.cell_arcsec, setup.restoring_beam)
+        celestial = celestial_header(hdr_in)
+        bm = beam_deg(celestial)
         if bm is None:
             raise ImagingError(ms, f"{backend} image has no restoring beam (BMAJ/BMIN missing or zero)")
-        freq = float(header.get("FREQ", info.freq_hz))
-        header["FREQ"] = (freq, "[Hz] image (MFS reference) frequency")
-        header["BUNIT"] = "JY/BEAM"
-        header["MJD-MID"] = (info.mid_mjd, "observation mid-time (MJD UTC)")
-        header["IMAGER"] = (backend, "imager that made the flat image")
-        header["PBDEC"] = (math.degrees(info.pointing_dec_rad), "[deg] apparent pointing declination")
+        freq = float(celestial.get("FREQ", info.freq_hz))
+        header = product_header(celestial, info, setup, backend=backend, params=params, name=name,
+                                freq_hz=freq, flagged_fraction=flagged, psf_beam=psf_beam)
 
         t_pb = time.monotonic()
         pb = drift_beam_for_ms(info, wcs, data.shape, nfreq=params.beam_nfreq)
@@ -271,14 +267,7 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
         with np.errstate(invalid="ignore", divide="ignore"):
             pbcor = np.where(pb >= params.pblimit, data / pb, np.nan)
 
-        image_fits = write_fits_atomic(out_dir / f"{name}.image.fits", data, header)
-        pb_header = header.copy()
-        pb_header["BUNIT"] = ""
-        pb_header["PBLIMIT"] = params.pblimit
-        pb_fits = write_fits_atomic(out_dir / f"{name}.pb.fits", pb, pb_header)
-        pc_header = header.copy()
-        pc_header["PBLIMIT"] = (params.pblimit, "pbcor is NaN where pb < PBLIMIT")
-        pbcor_fits = write_fits_atomic(out_dir / f"{name}.pbcor.fits", pbcor, pc_header)
+        image_fits, pb_fits, pbcor_fits = _write_products(out_dir, name, data, pb, pbcor, header, params.pblimit)
         log_path = out_dir / f"{name}.{backend}.log"
         if logfile.exists():
             os.replace(logfile, log_path)
@@ -287,7 +276,7 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    rms = robust_rms(data)
+    rms = clipped_rms(data)
     peak = float(np.nanmax(data))
     pc_peak = float(np.nanmax(pbcor)) if np.isfinite(pbcor).any() else float("nan")
     beam_arcsec = (bm[0] * 3600.0, bm[1] * 3600.0, bm[2])
@@ -304,8 +293,8 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
         rms_jy=rms,
         peak_jy=peak,
         beam_arcsec=beam_arcsec,
-        cell_arcsec=cell,
-        imsize=size,
+        cell_arcsec=setup.cell_arcsec,
+        imsize=setup.imsize,
         freq_hz=freq,
         mid_mjd=info.mid_mjd,
         backend=backend,
@@ -314,4 +303,8 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
         pbcor_peak_jy=pc_peak,
         seconds=seconds,
         log_path=log_path,
+        flagged_fraction=flagged,
+        bandwidth_hz=info.bandwidth_hz,
+        psf_beam_arcsec=psf_beam,
+        imaging=setup.to_dict(),
     )

@@ -22,12 +22,31 @@ class MsInfo:
     phase_dec_rad: float
     pointing_dec_rad: float  # apparent declination of the meridian pointing
     pointing_dec_from_keyword: bool
-    max_uv_m: float  # longest projected baseline (unflagged rows)
+    max_uv_m: float  # longest projected baseline (unflagged cross-correlation rows)
     has_corrected: bool
+    uvw_m: np.ndarray | None = None  # (3, n) uvw of the unflagged cross-correlation rows
+    interval_s: float = 0.0  # integration time (median INTERVAL)
+    observer: str = ""  # OBSERVATION::OBSERVER of the first observation, if any
 
     @property
     def mid_mjd(self) -> float:
         return float(0.5 * (self.times_mjd.min() + self.times_mjd.max()))
+
+    @property
+    def start_mjd(self) -> float:
+        """Start of the first integration (TIME is the integration centre)."""
+        return float(self.times_mjd.min() - 0.5 * self.interval_s / 86400.0)
+
+    @property
+    def end_mjd(self) -> float:
+        return float(self.times_mjd.max() + 0.5 * self.interval_s / 86400.0)
+
+    @property
+    def bandwidth_hz(self) -> float:
+        """Total width of the imaged channels (edge to edge)."""
+        f = np.sort(self.freqs_hz)
+        width = float(np.median(np.diff(f))) if f.size > 1 else 0.0
+        return float(f[-1] - f[0] + width)
 
     @property
     def freq_hz(self) -> float:
@@ -80,11 +99,11 @@ def read_ms_info(ms: Path) -> MsInfo:
         cols = set(tb.colnames())
         keywords = tb.getkeywords()
         times = np.unique(tb.getcol("TIME")) / 86400.0
+        interval = float(np.median(tb.getcol("INTERVAL"))) if "INTERVAL" in cols else 0.0
         uvw = tb.getcol("UVW")  # (3, nrow)
-        flag_row = tb.getcol("FLAG_ROW") if "FLAG_ROW" in cols else np.zeros(nrows, bool)
+        good = _unflagged_cross_rows(tb, nrows, cols)
         tb.close()
         uv = np.hypot(uvw[0], uvw[1])
-        good = ~flag_row.astype(bool)
         max_uv = float(uv[good].max()) if good.any() else float(uv.max())
         if max_uv <= 0:
             raise ImagingError(ms, "all baselines have zero length (autocorrelations only?)")
@@ -95,6 +114,7 @@ def read_ms_info(ms: Path) -> MsInfo:
         tb.open(str(ms / "FIELD"))
         phase_dir = np.asarray(tb.getcell("PHASE_DIR", 0), dtype=float).reshape(-1, 2)[0]
         tb.close()
+        observer = _observer(tb, ms)
     finally:
         tb.done()
     ra, dec = float(phase_dir[0]), float(phase_dir[1])
@@ -114,4 +134,35 @@ def read_ms_info(ms: Path) -> MsInfo:
         pointing_dec_from_keyword=from_kw,
         max_uv_m=max_uv,
         has_corrected="CORRECTED_DATA" in cols,
+        uvw_m=uvw[:, good] if good.any() else uvw,
+        interval_s=interval,
+        observer=observer,
     )
+
+
+def _unflagged_cross_rows(tb, nrows: int, cols: set[str], chunk: int = 20000) -> np.ndarray:
+    """Rows that are cross-correlations with at least one unflagged sample.
+
+    Reads FLAG in row chunks: an antenna flagged with flagdata has every
+    FLAG set but not necessarily FLAG_ROW, and its baselines must not set
+    the longest baseline or the predicted beam."""
+    good = tb.getcol("ANTENNA1") != tb.getcol("ANTENNA2")
+    if "FLAG_ROW" in cols:
+        good &= ~tb.getcol("FLAG_ROW").astype(bool)
+    if "FLAG" in cols:
+        for start in range(0, nrows, chunk):
+            n = min(chunk, nrows - start)
+            good[start : start + n] &= ~tb.getcol("FLAG", start, n).all(axis=(0, 1))
+    return good
+
+
+def _observer(tb, ms: Path) -> str:
+    """OBSERVER of the first OBSERVATION row ('' when absent or unreadable)."""
+    try:
+        tb.open(str(ms / "OBSERVATION"))
+        try:
+            return str(tb.getcell("OBSERVER", 0)).strip() if tb.nrows() else ""
+        finally:
+            tb.close()
+    except Exception:  # an optional subtable: a missing one is not an error
+        return ""

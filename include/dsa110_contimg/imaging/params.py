@@ -17,11 +17,38 @@ DATACOLUMNS = ("auto", "data", "corrected")
 class ImagingParams:
     """How to image one MeasurementSet (Stokes I, multi-frequency synthesis).
 
+    Both backends receive the same choices (``backends.ImagerSetup``):
+    Hogbom CLEAN (tclean ``deconvolver='hogbom'``; WSClean's default when
+    not multiscale), ``niter`` components with loop gain ``gain``, Briggs
+    ``robust`` weighting on uv cells of 1/FOV, one MFS image of Stokes I,
+    the same cell, size and data column, w-terms corrected (tclean
+    ``gridder='wproject'`` with automatic w-planes; WSClean's w-gridder), and
+    the same restoring beam (the predicted beam below, since WSClean 3.1's
+    own PSF fit is unreliable on DSA-110 PSFs). Major cycles are each
+    imager's own (WSClean ``-mgain``; tclean's cycle factor).
+
     backend: 'auto' (wsclean if on PATH, else tclean), 'tclean' or 'wsclean'.
-    imsize: pixels per side; None derives it from ``fov_deg`` and the cell.
-    cell_arcsec: None = 1/``oversample`` of lambda_min / B_max from the MS uvw.
+    imsize: pixels per side; None derives it from ``fov_deg`` and the cell
+        (rounded up to an even 2^a 3^b 5^c for the FFT).
+    cell_arcsec: None = the cell rule: the minor axis of the restoring beam
+        predicted from the MS's uv coverage and this weighting (uv cells of
+        1/FOV, Briggs' formula, Gaussian fitted above half power;
+        ``psf.predict_beam``) divided by ``pixels_per_beam`` (5), rounded
+        down to 0.1 arcsec and never coarser than lambda_min / (2.5 B_max),
+        so the longest baseline stays inside the uv grid. Measured on
+        simulated MSs (Briggs 0, 3.5 deg; "PSF" = our half-power fit to each
+        imager's own PSF): the ``tiny``/``demo`` array (core pads only,
+        B_max 437 m): predicted beam 163"x54", cell 10.7", PSF minor axis /
+        cell = 5.0 for tclean and WSClean; the full 96-antenna array (B_max
+        2.0 km): predicted 38"x31", cell 6.1", ratio 5.0 (tclean) and 5.1
+        (WSClean). The former rule, (lambda_min / B_max) / 8, gave about 4.5
+        and 12.3 on the same MSs: the beam is no fixed fraction of
+        lambda/B_max here (0.55 of it on the core arms, 1.5 once the sparse
+        outriggers are down-weighted by Briggs 0), so the full array was
+        imaged on 2.5x finer pixels (6x the pixels) than needed.
     threshold_jy: None = automatic, stop at ``auto_threshold_sigma`` x the
-        residual rms (tclean ``nsigma``, wsclean ``-auto-threshold``).
+        robust (MAD) rms of the residual (tclean ``nsigma``, WSClean
+        ``-auto-threshold``); a number = an absolute threshold in Jy.
     pblimit: primary-beam level below which the pb-corrected image is NaN.
     beam_nfreq: frequencies across the band averaged in the drift beam.
     gridder: tclean gridder ('wproject' with ``wprojplanes`` -1 = automatic,
@@ -34,7 +61,7 @@ class ImagingParams:
     imsize: int | None = None
     cell_arcsec: float | None = None
     fov_deg: float = 3.5
-    oversample: float = 8.0  # N-S arm + robust 0 give a minor axis ~0.45 lambda/B: keep >= 3.5 px per beam
+    pixels_per_beam: float = 5.0  # cells across the predicted beam minor axis
     weighting: str = "briggs"
     robust: float = 0.0
     niter: int = 1000
@@ -64,8 +91,8 @@ class ImagingParams:
             raise ValueError("cell_arcsec must be positive")
         if not 0.0 < self.pblimit < 1.0:
             raise ValueError("pblimit must be in (0, 1)")
-        if self.niter < 0 or self.fov_deg <= 0 or self.oversample <= 0 or self.beam_nfreq < 1:
-            raise ValueError("niter must be >= 0; fov_deg, oversample, beam_nfreq positive")
+        if self.niter < 0 or self.fov_deg <= 0 or self.pixels_per_beam <= 0 or self.beam_nfreq < 1:
+            raise ValueError("niter must be >= 0; fov_deg, pixels_per_beam, beam_nfreq positive")
 
     def resolved_backend(self) -> str:
         """The backend actually used: 'auto' picks wsclean when it is on PATH."""
@@ -77,7 +104,7 @@ class ImagingParams:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "ImagingParams":
+    def from_dict(cls, d: dict[str, Any] | None) -> ImagingParams:
         """Build from a dict (e.g. DAG Params); unknown keys are an error,
         None values mean "use the default" unless the field allows None."""
         d = dict(d or {})

@@ -1,0 +1,135 @@
+"""Benchmark the image stage: CASA tclean against WSClean on the same calibrated MS.
+
+    .venv/bin/python bench/image.py --preset full --json
+
+One simulated group containing the 0834+555 transit (cached in
+``/tmp/contimg-bench-image-<preset>``; simulated, converted and calibrated
+once if absent, ~5 min for ``full``) is imaged by both backends in one run,
+with the same :class:`~dsa110_contimg.imaging.ImagingParams` (the pipeline's
+defaults: Briggs robust 0, Hogbom, niter 1000 with the auto-threshold, ~3.5 deg
+field, cell from the longest baseline, Stokes I MFS, the drift-averaged
+primary-beam correction) and like with like (DESIGN.md section 7):
+
+* w-terms corrected in both: tclean ``gridder='wproject'`` (automatic number
+  of w-planes) against WSClean's w-gridder (``-use-wgridder``);
+* one thread each: tclean runs serially, WSClean with ``-j 1``, and
+  ``OMP_NUM_THREADS=1`` for both;
+* the same data column (CORRECTED_DATA), image size and cell.
+
+Each backend runs in a fresh Python process (as an Airflow task would). The
+last line of output is JSON with ``tclean_s``, ``wsclean_s``, ``speedup``
+(tclean/wsclean) and the peak flux of the brightest source (the calibrator)
+in each pb-corrected image, ``tclean_peak_jy`` and ``wsclean_peak_jy``, which
+must agree within 2 % (``peaks_agree``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "include"))
+
+PEAK_TOLERANCE = 0.02
+PEAK_SEARCH_ARCSEC = 90.0  # around the calibrator's catalogue position
+
+
+def calibrated_ms(preset: str, cache: Path) -> Path:
+    """The cached calibrated transit-group MS, made on the first run."""
+    from dsa110_contimg.calibration import CalSolveParams, apply_calibration, solve_calibration
+    from dsa110_contimg.calibration.validate import CALIBRATOR, simulate_transit_group
+    from dsa110_contimg.calibrators import get_calibrator
+
+    done = cache / "calibrated.ok"
+    _, ms = simulate_transit_group(cache, preset)
+    if not done.exists():
+        print(f"calibrating {ms} (cached for later runs) ...", flush=True)
+        res = solve_calibration(ms, get_calibrator(CALIBRATOR), cache / "caltables", CalSolveParams())
+        apply_calibration(ms, res.tables)
+        done.write_text(json.dumps(res.to_dict()))
+    return ms
+
+
+def brightest_peak(pbcor_fits: str) -> float:
+    """Peak (Jy/beam) within PEAK_SEARCH_ARCSEC of the calibrator in a pb-corrected image."""
+    import numpy as np
+
+    from dsa110_contimg.calibration.validate import CALIBRATOR
+    from dsa110_contimg.calibrators import get_calibrator
+    from dsa110_contimg.imaging.fitsutil import read_image_2d
+
+    cal = get_calibrator(CALIBRATOR)
+    data, _, wcs = read_image_2d(Path(pbcor_fits))
+    x, y = (float(v) for v in wcs.world_to_pixel_values(cal.ra_deg, cal.dec_deg))
+    r = int(np.ceil(PEAK_SEARCH_ARCSEC / (abs(wcs.wcs.cdelt[0]) * 3600)))
+    box = data[int(round(y)) - r:int(round(y)) + r + 1, int(round(x)) - r:int(round(x)) + r + 1]
+    return float(np.nanmax(box))
+
+
+def run_backend(backend: str, ms: Path, out: Path) -> dict:
+    """Image ``ms`` with ``backend`` in a fresh process; wall time and the result."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, __file__, "--run-one", backend, "--ms", str(ms), "--out", str(out)],
+                          env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{backend} failed:\n{proc.stderr[-3000:]}")
+    return {"seconds": seconds, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _run_one(backend: str, ms: Path, out: Path) -> None:
+    from dsa110_contimg.imaging import ImagingParams, image_ms
+    from dsa110_contimg.results import jsonable
+
+    res = image_ms(ms, out, ImagingParams(backend=backend, threads=1))
+    print(json.dumps(jsonable(res)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="full")
+    ap.add_argument("--cache", type=Path, default=None, help="default /tmp/contimg-bench-image-<preset>")
+    ap.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
+    ap.add_argument("--run-one", choices=["tclean", "wsclean"], help=argparse.SUPPRESS)
+    ap.add_argument("--ms", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    from dsa110_contimg.casa_env import ensure_casa_offline
+
+    ensure_casa_offline()
+    if a.run_one:
+        _run_one(a.run_one, a.ms, a.out)
+        return 0
+    cache = a.cache or Path(f"/tmp/contimg-bench-image-{a.preset}")
+    ms = calibrated_ms(a.preset, cache)
+    results = {}
+    for backend in ("tclean", "wsclean"):
+        print(f"imaging with {backend} ...", flush=True)
+        results[backend] = run_backend(backend, ms, cache / f"images-{backend}")
+        print(f"  {backend}: {results[backend]['seconds']:.1f} s, image {results[backend].get('imsize')} px, "
+              f"rms {results[backend]['rms_jy']:.4g} Jy/beam", flush=True)
+    peaks = {b: brightest_peak(r["pbcor_fits"]) for b, r in results.items()}
+    summary = {
+        "preset": a.preset,
+        "tclean_s": round(results["tclean"]["seconds"], 2),
+        "wsclean_s": round(results["wsclean"]["seconds"], 2),
+        "speedup": round(results["tclean"]["seconds"] / results["wsclean"]["seconds"], 2),
+        "tclean_peak_jy": round(peaks["tclean"], 4),
+        "wsclean_peak_jy": round(peaks["wsclean"], 4),
+        "peaks_agree": abs(peaks["wsclean"] / peaks["tclean"] - 1) <= PEAK_TOLERANCE,
+    }
+    print(f"tclean {summary['tclean_s']} s, wsclean {summary['wsclean_s']} s: speedup {summary['speedup']}; "
+          f"calibrator peak {summary['tclean_peak_jy']} vs {summary['wsclean_peak_jy']} Jy/beam")
+    if a.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
