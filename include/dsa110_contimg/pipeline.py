@@ -22,7 +22,6 @@ from .results import jsonable
 
 log = logging.getLogger(__name__)
 
-MOSAIC_NOISE_BOX = 96  # pixels per tile of the local noise estimate in mosaics
 
 
 def open_registry(url: str) -> Registry:
@@ -174,8 +173,10 @@ def crossmatch_step(cfg: PipelineConfig, reg: Registry, mosaic: dict) -> dict:
     from .crossmatch import CrossmatchParams, crossmatch_image, detect, photometry_image
 
     fits = Path(mosaic["mosaic_fits"])
-    params = CrossmatchParams(snr=cfg.detection_snr, box=MOSAIC_NOISE_BOX, radius_arcsec=cfg.crossmatch_radius_arcsec)
-    det = detect(fits, params.find_params())  # local noise: a mosaic's noise rises towards its edges
+    # PyBDSF sizes its rms box to the image (a fixed 96-pixel box left boxes with no valid pixel on the
+    # demo's mosaic edges, and bdsf then divides by zero); its rms map still follows the noise's rise.
+    params = CrossmatchParams(snr=cfg.detection_snr, radius_arcsec=cfg.crossmatch_radius_arcsec)
+    det = detect(fits, params.find_params())
     ref = read_catalog(cfg.reference_catalog)
     out_csv = fits.with_name(fits.name.replace(".mosaic.fits", ".sources.csv"))
     res = crossmatch_image(fits, ref, params, out_csv=out_csv, detection=det)
