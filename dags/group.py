@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, TriggerRule, dag
+from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, Param, TriggerRule, dag
 
 from contimg_airflow.defaults import (
     MAX_CALIBRATION_WAIT_HOURS,
@@ -18,6 +18,7 @@ from contimg_airflow.defaults import (
     config,
     imaging_params,
 )
+from contimg_airflow.notifiers import group_deadline_missed
 from contimg_airflow.operators import (
     ApplyCalibrationOperator,
     CalibrationAvailableSensor,
@@ -37,6 +38,13 @@ CFG = config()
     start_date=PROJECT_EPOCH,
     max_active_runs=24,  # groups before a calibrator transit wait (no slot held) for its solution
     default_args=PIPELINE_DEFAULTS,
+    # Latency alert: a run still unfinished group_deadline_minutes after being queued emails (and Slacks);
+    # the scheduler notices, the triggerer sends.
+    deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT,
+                           interval=timedelta(minutes=CFG.group_deadline_minutes),
+                           callback=AsyncCallback(group_deadline_missed,
+                                                  kwargs={"deadline_minutes": CFG.group_deadline_minutes}),
+                           name="group latency"),
     params={"group_id": Param("", type="string", description="subband group id, e.g. 2026-01-15T12:00:00"),
             **calibration_params(CFG), **imaging_params(CFG)},
     tags=["dsa110", "group"],

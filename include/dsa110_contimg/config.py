@@ -56,6 +56,16 @@ class PipelineConfig:
     qa_min_dynamic_range: float = 20.0  # pure noise gives ~5
     qa_max_flagged_fraction: float = 0.5
     qa_max_beam_arcsec: float = 300.0  # the core arms alone give ~165 arcsec
+    alert_email_to: str = ""  # recipients of failure and deadline alerts, comma separated
+    alert_smtp_conn_id: str = "contimg_smtp"  # Airflow connection of the mail server
+    alert_slack_conn_id: str = "contimg_slack"  # Airflow connection of a Slack webhook; absent = no Slack
+    group_deadline_minutes: float = 30.0  # a group run not finished this long after being queued alerts
+    # housekeeping (dags/housekeeping.py): days since an item last changed before it may be deleted
+    retention_staging_days: float = 7.0  # staging copies of published products with a verified published copy
+    retention_ms_days: float = 3.0  # intermediate MeasurementSets whose image is in a published mosaic
+    retention_logs_days: float = 30.0  # Airflow task logs
+    logs_dir: Path | None = None  # task logs to clean; None = Airflow's [logging] base_log_folder
+    housekeeping_dry_run: bool = False  # True: scheduled housekeeping only reports what it would delete
 
     def __post_init__(self) -> None:
         data = Path(self.data_dir)
@@ -69,6 +79,8 @@ class PipelineConfig:
         for name, default in defaults.items():
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value) if value is not None else default)
+        if self.logs_dir is not None:
+            object.__setattr__(self, "logs_dir", Path(self.logs_dir))
         self.validate()
 
     def validate(self) -> None:
@@ -88,6 +100,11 @@ class PipelineConfig:
             raise ValueError(f"mosaic_method {self.mosaic_method!r} not one of weighted, mean, median")
         if self.mosaic_window_minutes <= 0:
             raise ValueError("mosaic_window_minutes must be positive")
+        if self.group_deadline_minutes <= 0:
+            raise ValueError("group_deadline_minutes must be positive")
+        for name in ("retention_staging_days", "retention_ms_days", "retention_logs_days"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be positive")
         _parse_dt(self.schedule_start)
         _parse_dt(self.schedule_end)
 

@@ -7,6 +7,7 @@ module only starts programs; it imports nothing from Airflow.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -51,6 +52,16 @@ class LocalAirflow:
     def url(self) -> str:
         return f"http://localhost:{self.port}"
 
+    def fernet_key(self) -> str:
+        """This home's Fernet key (made once, kept in the home so restarts share it)."""
+        path = self.home / "fernet.key"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".fernet.key.{os.getpid()}")
+            tmp.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+            tmp.replace(path)
+        return path.read_text().strip()
+
     def env(self) -> dict[str, str]:
         home = self.home.resolve()
         env = dict(os.environ)
@@ -66,6 +77,9 @@ class LocalAirflow:
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__API_AUTH__JWT_SECRET": "contimg-local-jwt-secret-not-for-production",
+            # one key for every component: the scheduler encrypts what the triggerer decrypts (deadline
+            # callbacks); without it each process under pytest would make its own
+            "AIRFLOW__CORE__FERNET_KEY": self.fernet_key(),
             "AIRFLOW__API__SECRET_KEY": "contimg-local-secret-key",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__BASE_URL": self.url,

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Param
 
+from contimg_airflow.notifiers import FailureNotifier
 from dsa110_contimg.config import PipelineConfig
 
 PROJECT_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -13,6 +14,8 @@ PIPELINE_DEFAULTS = {
     "owner": "contimg",
     "retries": 1,
     "retry_delay": timedelta(seconds=20),
+    # Every task of every DAG alerts (email, and Slack when configured) once its last try fails.
+    "on_failure_callback": FailureNotifier(),
 }
 
 

@@ -268,3 +268,30 @@ class RecordGroupsOperator(BaseOperator):
 
         ids = record_groups(get_registry(), list(self.groups or []))
         return [{"trigger_run_id": f"group__{gid.replace(':', '')}", "conf": {"group_id": gid}} for gid in ids]
+
+
+class HousekeepingOperator(BaseOperator):
+    """housekeeping: enforce retention on staging (copies of published products, intermediate
+    MeasurementSets) and on the task logs; never anything unpublished or the only copy.
+
+    ``scopes`` picks the areas ("staging", "ms", "logs"). The run's ``dry_run``
+    Param (default: the config's ``housekeeping_dry_run``) only reports what
+    would be deleted. The logs are the config's ``logs_dir``, else Airflow's
+    ``[logging] base_log_folder``."""
+
+    ui_color = "#e8e8e0"
+
+    def __init__(self, *, scopes: Sequence[str] = ("staging", "ms", "logs"), **kwargs: Any):
+        super().__init__(**kwargs)
+        self.scopes = list(scopes)
+
+    def execute(self, context) -> dict:
+        from airflow.sdk.configuration import conf
+
+        from dsa110_contimg.housekeeping import run_housekeeping
+
+        params = context["params"]
+        cfg = get_config(params)
+        registry = get_registry() if {"staging", "ms"} & set(self.scopes) else None
+        return run_housekeeping(cfg, registry, dry_run=params.get("dry_run"), scopes=self.scopes,
+                                logs_dir=conf.get("logging", "base_log_folder", fallback=None))

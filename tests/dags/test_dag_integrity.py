@@ -27,7 +27,7 @@ def monkeypatch_module():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"ingest", "group", "bandpass", "mosaic"}
+    assert set(dagbag.dag_ids) == {"ingest", "group", "bandpass", "mosaic", "housekeeping"}
 
 
 def _edges(dag):
