@@ -61,7 +61,7 @@ def group():
     image = ImageOperator(task_id="image")
     qa = ImageQAOperator(task_id="qa", image=image.output)
     registered = RegisterImageOperator(task_id="register", image=image.output, qa=qa.output,
-                                       applied=applied.output)
+                                       applied=applied.output, converted=ms.output)
     ms >> ready >> gains >> applied
     ready >> applied >> image >> qa >> registered
 

@@ -113,7 +113,60 @@ def cmd_registry(a, cfg):
         return None
     if action == "retire":
         return _retire(reg, a.set_name, a.reason)
+    if action == "show":
+        shown = _show(reg, a.product)
+        if a.json:
+            return shown
+        print(_product_text(shown))
+        return None
     return {"schema_revision": reg.migrate()}
+
+
+def _show(reg, product: str) -> dict:
+    """One product (by id, or by name when unique) with its provenance and the products made from it."""
+    rows = reg.products()
+    found = [r for r in rows if str(r["id"]) == product] or [r for r in rows if r["name"] == product]
+    if len(found) != 1:
+        why = (f"no product with id or name {product!r}" if not found else
+               f"{len(found)} products are named {product!r} (ids {[r['id'] for r in found]}); give the id")
+        print(json.dumps({"error": "KeyError", "path": None,
+                          "reason": f"{why}; `dsa110 registry products` lists them"}), file=sys.stderr)
+        raise SystemExit(1)
+    row = found[0]
+    used_by = [{"id": r["id"], "kind": r["kind"], "name": r["name"]} for r in rows
+               if row["id"] in ((r["provenance"] or {}).get("images") or [])]
+    return {**row, "used_by": used_by}
+
+
+def _product_text(p: dict) -> str:
+    """A product and its provenance for people: what, where, QA, made from what, with what."""
+    prov = p.get("provenance") or {}
+    m = p.get("metrics") or {}
+    lines = [f"product {p['id']}: {p['kind']} {p['name']} ({p['status']}, QA {p.get('qa_status') or '-'})",
+             f"  path       {p['path']}"]
+    if p.get("published_path"):
+        lines.append(f"  published  {p['published_path']}")
+    lines.append(f"  group      {p['group_id']}" if p.get("group_id") else f"  window     {p.get('window') or '-'}")
+    qa = [f"{k}={m[k]:.4g}" for k in ("rms_jy", "peak_jy", "dynamic_range") if isinstance(m.get(k), (int, float))]
+    if qa:
+        lines.append("  QA         " + " ".join(qa))
+    inputs = prov.get("inputs")
+    if isinstance(inputs, dict):  # an image: the raw subband files and the MS made from them
+        lines += [f"  raw        {f['path']}  sha256 {f['sha256']}" for f in inputs.get("raw_files") or []]
+        if inputs.get("ms"):
+            lines.append(f"  ms         {inputs['ms']}")
+    elif isinstance(inputs, list):  # a mosaic: its input images' files
+        lines += [f"  image {img['product_id']:<4} {f['path']}  sha256 {f['sha256']}"
+                  for img in inputs for f in img.get("files") or []]
+    for c in prov.get("calibration") or []:
+        lines.append(f"  calibration {c.get('type')} from set {c.get('set')}: {c.get('path')}")
+    if prov.get("params"):
+        lines.append("  params     " + json.dumps(prov["params"], sort_keys=True, default=str))
+    if prov.get("software"):
+        lines.append("  software   " + " ".join(f"{k}={v}" for k, v in sorted(prov["software"].items())))
+    for u in p.get("used_by") or []:
+        lines.append(f"  used by    {u['kind']} {u['name']} (product {u['id']})")
+    return "\n".join(lines)
 
 
 def _retire(reg, set_name: str, reason: str) -> dict:
@@ -286,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--status", choices=["active", "retired", "failed"])
     r.add_argument("--kind", choices=["bandpass", "gains"])
     r.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
+    r = rsub.add_parser("show", parents=[url], help="one product with its provenance (inputs and their "
+                        "sha256, calibration applied, parameters, software versions) and what used it")
+    r.add_argument("product", help="product id (or its name, when unique)")
+    r.add_argument("--json", action="store_true", help="print the JSON instead of text")
     r = rsub.add_parser("retire", parents=[url], help="take a calibration set out of use")
     r.add_argument("set_name")
     r.add_argument("--reason", required=True, help="why (recorded with the set)")

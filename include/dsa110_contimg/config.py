@@ -47,6 +47,12 @@ class PipelineConfig:
     imaging_niter: int = 1000
     imaging_robust: float = 0.0
     imaging_fov_deg: float = 3.5
+    imaging_imsize: int | None = None  # pixels per side; None = from imaging_fov_deg and the cell
+    imaging_cell_arcsec: float | None = None  # None = 1/5 of the predicted beam's minor axis
+    imaging_auto_threshold_sigma: float = 3.0  # clean stops at this many sigma of the residual
+    imaging_pblimit: float = 0.2  # primary-beam level below which the pb-corrected image is blank
+    casa_pool_slots: int = 2  # Airflow pool "casa": heavy tasks (convert, calibration, image, mosaic,
+    #                           crossmatch) running at once on the deployment
     crossmatch_radius_arcsec: float = 60.0
     detection_snr: float = 5.0
     schedule_start: str | None = None  # ISO; first data interval the DAGs schedule
@@ -98,6 +104,10 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be positive")
         if self.mosaic_method not in ("weighted", "mean", "median"):
             raise ValueError(f"mosaic_method {self.mosaic_method!r} not one of weighted, mean, median")
+        if not 0.0 < self.imaging_pblimit < 1.0:
+            raise ValueError(f"imaging_pblimit {self.imaging_pblimit} outside (0, 1)")
+        if self.casa_pool_slots < 1:
+            raise ValueError("casa_pool_slots must be at least 1")
         if self.mosaic_window_minutes <= 0:
             raise ValueError("mosaic_window_minutes must be positive")
         if self.group_deadline_minutes <= 0:

@@ -1,16 +1,23 @@
 """Project exception types: each carries the offending path and a reason.
 
 Operators read these messages in the Airflow UI, so every error names the file
-(or group) and says what is wrong with it in words."""
+(or group) and says what is wrong with it in words. :func:`is_transient` says
+whether retrying the same step later may succeed; the Airflow operators fail a
+task at once, without spending retries, when it says no."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 
 class ContimgError(Exception):
-    """Base class; ``path`` is the file or directory the error is about."""
+    """Base class; ``path`` is the file or directory the error is about.
 
-    retryable = False
+    ``transient`` (class attribute): True when the same step may succeed if run
+    again later (the condition can clear by itself); False, the default, when
+    the input or the setup is at fault and a retry would fail the same way."""
+
+    transient = False
 
     def __init__(self, path: str | Path | None, reason: str):
         self.path = str(path) if path is not None else None
@@ -41,7 +48,7 @@ class CalibrationQAError(CalibrationError):
 class NoCalibrationError(ContimgError):
     """No valid calibration covers the data's time."""
 
-    retryable = True
+    transient = True  # the solve may not have run yet
 
 
 class ImagingError(ContimgError):
@@ -54,3 +61,34 @@ class MosaicError(ContimgError):
 
 class CatalogError(ContimgError):
     """A catalogue file is missing or malformed."""
+
+
+# OSErrors that a retry minutes later will not fix: the path or its permissions are wrong.
+_PERMANENT_OSERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                       PermissionError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the step that raised ``exc`` later may succeed.
+
+    - A project error says so itself (``ContimgError.transient``): a corrupt or
+      incomplete input, a failed QA gate or unusable data are not transient;
+      "no calibration yet" is.
+    - I/O trouble (an ``OSError`` such as a busy or briefly unmounted shared
+      volume, a dropped connection, a timeout), a subprocess timeout, running
+      out of memory while other heavy tasks run, and a database that is locked
+      or unreachable (SQLAlchemy ``OperationalError``) are transient. A missing
+      file or a permission error is not: the path or the setup is wrong.
+    - Anything else (``ValueError``, ``KeyError``, a ``RuntimeError`` from CASA,
+      a bug) is not: the same input fails the same way again."""
+    if isinstance(exc, ContimgError):
+        return bool(exc.transient)
+    if isinstance(exc, _PERMANENT_OSERRORS):
+        return False
+    if isinstance(exc, (OSError, TimeoutError, subprocess.TimeoutExpired, MemoryError)):
+        return True
+    try:
+        from sqlalchemy import exc as sa_exc
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        return False
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.DisconnectionError, sa_exc.TimeoutError))

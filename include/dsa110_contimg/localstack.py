@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+CASA_POOL = "casa"  # the Airflow pool of the heavy tasks (contimg_airflow.operators.CASA_POOL)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -152,11 +153,19 @@ class LocalAirflow:
         return json.loads(raw) if raw else {}
 
     def prepare(self) -> None:
-        """Create AIRFLOW_HOME, the UI password file and the metadata database."""
+        """Create AIRFLOW_HOME, the UI password file, the metadata database and the ``casa`` pool."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
         (self.home / "passwords.json").write_text(json.dumps({"admin": "admin"}))
         self.airflow("db", "migrate", timeout=600)
+        self.airflow("pools", "set", CASA_POOL, str(self.casa_pool_slots()),
+                     "heavy tasks (convert, calibration, image, mosaic, crossmatch) running at once")
+
+    def casa_pool_slots(self) -> int:
+        """The config's ``casa_pool_slots``, as the tasks' environment sets it."""
+        from .config import PipelineConfig
+
+        return PipelineConfig.load(env=self.env()).casa_pool_slots
 
     def start(self) -> None:
         """Start the four components; their output goes to AIRFLOW_HOME/<name>.out."""

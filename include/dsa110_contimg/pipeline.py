@@ -78,21 +78,40 @@ def convert_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
                      pointing_dec_deg=res.pointing_dec_deg, message=None)
     log.info("convert: %s -> %s (%d rows, %d channels, %d antennas, %.1f s)", group_id, res.ms_path,
              res.n_rows, res.n_channels, res.n_antennas, res.seconds)
-    return jsonable(res)
+    return {**jsonable(res), "raw_files": _raw_checksums(files)}
+
+
+def _raw_checksums(files: list[Path]) -> list[dict]:
+    """SHA-256 of the raw subband files, hashed right after conversion read them (page cache warm);
+    they travel to the image's provenance through XCom (``register_image(converted=...)``)."""
+    from .provenance import file_checksums
+
+    t0 = time.monotonic()
+    sums = sorted(file_checksums(files), key=lambda f: f["path"])
+    log.info("convert: sha256 of %d raw files (%.1f MB) in %.1f s", len(sums),
+             sum(f["bytes"] for f in sums) / 1e6, time.monotonic() - t0)
+    return sums
 
 
 # -- image / QA / register -----------------------------------------------------
 def image_step(cfg: PipelineConfig, reg: Registry, group_id: str, overrides: dict | None = None) -> dict:
-    from .imaging import ImagingParams, image_ms
+    from .imaging import image_ms
 
     row = _converted(reg, group_id)
-    params = ImagingParams.from_dict({"backend": cfg.imaging_backend, "niter": cfg.imaging_niter,
-                                      "robust": cfg.imaging_robust, "fov_deg": cfg.imaging_fov_deg,
-                                      **(overrides or {})})
+    params = _imaging_params(cfg, overrides)
     with _failure_recorded(reg, group_id, "image"):
         res = image_ms(Path(row["ms_path"]), cfg.images_dir / _safe(group_id), params, name=_safe(group_id))
     log.info("image: %s rms %.4g Jy peak %.4g Jy", group_id, res.rms_jy, res.peak_jy)
     return jsonable(res)
+
+
+def _imaging_params(cfg: PipelineConfig, overrides: dict | None = None):
+    """The imaging parameters of a run: the configuration (with the run's Params), then overrides."""
+    from .imaging import ImagingParams
+
+    return ImagingParams.from_dict({"backend": cfg.imaging_backend, "niter": cfg.imaging_niter,
+                                    "robust": cfg.imaging_robust, "fov_deg": cfg.imaging_fov_deg,
+                                    **(overrides or {})})
 
 
 def qa_image(cfg: PipelineConfig, image: dict) -> dict:
@@ -109,12 +128,20 @@ def qa_image(cfg: PipelineConfig, image: dict) -> dict:
 
 
 def register_image(cfg: PipelineConfig, reg: Registry, group_id: str, image: dict, qa: dict,
-                   applied: dict | None = None) -> dict:
-    """Record the image with its QA and the calibration tables that were applied to its data."""
+                   applied: dict | None = None, converted: dict | None = None) -> dict:
+    """Record the image with its QA and its provenance: the raw files with their SHA-256 (from
+    the convert result ``converted``, else hashed now), the MS, the calibration tables that were
+    applied to its data, the imaging parameters and the software versions."""
+    from .provenance import file_checksums, image_provenance
+
     calibration = (applied or {}).get("calibration", [])
+    row = reg.get_group(group_id) or {}
+    raw = (converted or {}).get("raw_files") or file_checksums(sorted(json.loads(row.get("files") or "[]")))
+    params = {**_imaging_params(cfg).to_dict(), "backend_used": image.get("backend")}
+    provenance = image_provenance(group_id, row.get("ms_path"), raw, calibration, params, image)
     pid = reg.register_product("image", _safe(group_id), image["pbcor_fits"], group_id=group_id,
                                qa_status=qa["qa_status"], mid_mjd=image.get("mid_mjd"),
-                               metrics={**image, **qa}, provenance={"calibration": calibration})
+                               metrics={**image, **qa}, provenance=provenance)
     reg.update_group(group_id, status="imaged" if qa["qa_status"] == "good" else "failed",
                      message=None if qa["qa_status"] == "good" else "; ".join(qa["reasons"]))
     return {"product_id": pid, "qa_status": qa["qa_status"], "calibration": calibration}
@@ -135,7 +162,8 @@ def window_state(cfg: PipelineConfig, reg: Registry, start: datetime, end: datet
     pending = [g["group_id"] for g in new_ready_groups(cfg, set(rows), now=None)
                if s <= g["start_mjd"] < e]
     unfinished = [gid for gid, r in rows.items() if r["status"] not in ("imaged", "failed")] + pending
-    images = [p for p in reg.products(kind="image") if p["group_id"] in rows]
+    # superseded image versions (a reprocessing replaced them) stay registered but never mosaic again
+    images = [p for p in reg.products(kind="image") if p["group_id"] in rows and p["status"] != "superseded"]
     return {"groups": sorted(rows) + pending, "unfinished": sorted(unfinished),
             "images": [{"id": p["id"], "pbcor": p["path"], "pb": p["metrics"].get("pb_fits"),
                         "rms": p["metrics"].get("rms_jy"), "qa_status": p["qa_status"]} for p in images
@@ -146,6 +174,7 @@ def window_state(cfg: PipelineConfig, reg: Registry, start: datetime, end: datet
 
 def mosaic_step(cfg: PipelineConfig, reg: Registry, start: datetime, end: datetime) -> dict:
     from .mosaic import mosaic_images
+    from .provenance import mosaic_provenance
 
     state = window_state(cfg, reg, start, end)
     imgs = state["images"]
@@ -156,13 +185,15 @@ def mosaic_step(cfg: PipelineConfig, reg: Registry, start: datetime, end: dateti
                         [float(i["rms"]) for i in imgs], cfg.mosaics_dir / f"{name}.mosaic.fits",
                         method=cfg.mosaic_method, qa_status=[i["qa_status"] for i in imgs], window=(start, end))
     mid_mjd = (mjd_from_datetime(start) + mjd_from_datetime(end)) / 2
+    excluded = [i["id"] for i in state["bad_images"]]
+    provenance = {**mosaic_provenance(name, imgs, excluded, {"method": res.method, "window": [start, end]}),
+                  "method": res.method}
     pid = reg.register_product("mosaic", name, str(res.mosaic_fits), window=name, mid_mjd=mid_mjd,
-                               qa_status="good", metrics=jsonable(res),
-                               provenance={"images": [i["id"] for i in imgs], "method": res.method,
-                                           "excluded_bad_qa": [i["id"] for i in state["bad_images"]]})
+                               qa_status="good", metrics=jsonable(res), provenance=jsonable(provenance))
     log.info("mosaic: %s (%s) from %d images, %d left out for QA, rms %.4g Jy", name, res.method, res.n_inputs,
              len(state["bad_images"]), res.rms_jy)
-    return {"product_id": pid, "window": name, "mid_mjd": mid_mjd, **jsonable(res)}
+    return {"product_id": pid, "window": name, "mid_mjd": mid_mjd, **jsonable(res),
+            "images": [i["id"] for i in imgs], "excluded_bad_qa": excluded}
 
 
 def crossmatch_step(cfg: PipelineConfig, reg: Registry, mosaic: dict) -> dict:

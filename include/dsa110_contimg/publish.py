@@ -18,6 +18,16 @@ from .errors import ContimgError
 log = logging.getLogger(__name__)
 
 
+def publication_problems(match: dict) -> list[str]:
+    """Why a window's cross-match fails the publish QA gate ([] when it passes)."""
+    if match["n_matched"] == 0:
+        return ["no source matched the reference catalogue"]
+    ratio = match["median_flux_ratio"] or 0
+    if not 0.5 <= ratio <= 2.0:
+        return [f"median flux ratio {ratio:.3f} outside [0.5, 2]"]
+    return []
+
+
 def publish_products(staged: list[Path], products_dir: Path) -> list[Path]:
     """Copy ``staged`` files into ``products_dir``; return the final paths.
 

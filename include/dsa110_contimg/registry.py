@@ -113,6 +113,9 @@ def _tables(schema: str | None) -> tuple[sa.MetaData, dict[str, sa.Table]]:
         sa.Column("metrics", sa.Text),  # JSON: rms, peak, beam, ...
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("provenance", sa.Text),  # JSON: inputs, caltables applied, parameters, versions
+        sa.Column("version", sa.Integer, nullable=False, server_default="1"),  # reprocessing makes N+1
+        sa.Column("superseded_by", sa.Integer),  # the product that replaced it (status 'superseded')
+        sa.Column("fingerprint", sa.Text),  # JSON: the inputs and parameters an image was made from
         sa.UniqueConstraint("kind", "name", name="uq_product_kind_name"),
     )
     t["sources"] = sa.Table(
@@ -475,15 +478,23 @@ class Registry:
     def register_product(self, kind: str, name: str, path: str, *, group_id: str | None = None,
                          window: str | None = None, qa_status: str | None = None,
                          mid_mjd: float | None = None, metrics: dict | None = None,
-                         status: str = "staged", provenance: dict | None = None) -> int:
+                         status: str = "staged", provenance: dict | None = None,
+                         version: int | None = None, fingerprint: dict | None = None) -> int:
         """Insert or replace the product (kind, name); return its id.
 
         ``provenance`` records how it was made (input files, calibration
-        tables applied, parameters, software versions) as JSON."""
+        tables applied, parameters, software versions) as JSON. ``version``
+        (default 1 for a new row, unchanged on replace) numbers reprocessed
+        versions of the same window or group, each under its own ``name``;
+        ``fingerprint`` is an image's inputs (see ``dsa110_contimg.reprocess``)."""
         p = self.t["products"]
         values = dict(kind=kind, name=name, path=str(path), group_id=group_id, window=window,
                       qa_status=qa_status, mid_mjd=mid_mjd, metrics=json.dumps(metrics or {}),
                       status=status, created_at=_now(), published_path=None, provenance=_dumps(provenance))
+        if version is not None:
+            values["version"] = int(version)
+        if fingerprint is not None:
+            values["fingerprint"] = json.dumps(fingerprint, sort_keys=True, default=str)
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(p.c.id).where(p.c.kind == kind, p.c.name == name)).first()
             if row:
@@ -496,8 +507,41 @@ class Registry:
         with self.engine.begin() as conn:
             conn.execute(p.update().where(p.c.id == product_id).values(status="published", published_path=str(published_path)))
 
+    def set_product_fields(self, product_id: int, *, window: str | None = None, version: int | None = None,
+                           fingerprint: dict | None = None) -> None:
+        """Set a product's window, version and/or fingerprint (those given)."""
+        p = self.t["products"]
+        values: dict[str, Any] = {}
+        if window is not None:
+            values["window"] = window
+        if version is not None:
+            values["version"] = int(version)
+        if fingerprint is not None:
+            values["fingerprint"] = json.dumps(fingerprint, sort_keys=True, default=str)
+        if not values:
+            return
+        with self.engine.begin() as conn:
+            if conn.execute(p.update().where(p.c.id == product_id).values(**values)).rowcount == 0:
+                raise KeyError(f"product {product_id} is not registered")
+
+    def supersede(self, replaced: dict[int, int]) -> int:
+        """Mark products superseded: {old id: id of the product that replaced it}; one transaction.
+
+        Their rows, paths and published files stay; only status and
+        ``superseded_by`` change. Returns the number of rows changed."""
+        p = self.t["products"]
+        n = 0
+        with self.engine.begin() as conn:
+            for old, new in replaced.items():
+                if old == new:
+                    raise ValueError(f"product {old} cannot supersede itself")
+                n += conn.execute(p.update().where(p.c.id == old).values(
+                    status="superseded", superseded_by=int(new))).rowcount
+        return n
+
     def products(self, kind: str | None = None, status: str | None = None) -> list[dict]:
-        """Products in id order; ``metrics`` parsed ({} if none), ``provenance`` parsed (None if none)."""
+        """Products in id order; ``metrics`` parsed ({} if none), ``provenance`` and
+        ``fingerprint`` parsed (None if none)."""
         p = self.t["products"]
         q = sa.select(p).order_by(p.c.id)
         if kind:
@@ -509,6 +553,7 @@ class Registry:
         for r in rows:
             r["metrics"] = json.loads(r["metrics"] or "{}")
             r["provenance"] = _loads(r["provenance"])
+            r["fingerprint"] = _loads(r.get("fingerprint"))
         return rows
 
     def images_between(self, start_mjd: float, end_mjd: float) -> list[dict]:

@@ -12,8 +12,13 @@ PROJECT_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 PIPELINE_DEFAULTS = {
     "owner": "contimg",
-    "retries": 1,
-    "retry_delay": timedelta(seconds=20),
+    # Retries are for transient trouble only (I/O on a shared volume, a locked or unreachable database,
+    # a timeout): the operators fail at once, without retrying, on errors a retry cannot fix (a corrupt
+    # input, a failed QA gate; dsa110_contimg.errors.is_transient). Backoff: ~1, 2, 4 min, at most 10.
+    "retries": 3,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
     # Every task of every DAG alerts (email, and Slack when configured) once its last try fails.
     "on_failure_callback": FailureNotifier(),
 }
@@ -41,6 +46,19 @@ def imaging_params(cfg: PipelineConfig) -> dict[str, Param]:
                                description="maximum clean iterations"),
         "imaging_robust": Param(cfg.imaging_robust, type="number", minimum=-2, maximum=2,
                                 description="Briggs robust weighting"),
+        "imaging_fov_deg": Param(cfg.imaging_fov_deg, type="number", exclusiveMinimum=0, maximum=20,
+                                 description="field of view (deg) when imsize is not given; the primary "
+                                             "beam FWHM is ~2.7 deg"),
+        "imaging_imsize": Param(cfg.imaging_imsize, type=["null", "integer"], minimum=16, maximum=16384,
+                                description="pixels per side; empty = from the field of view and the cell"),
+        "imaging_cell_arcsec": Param(cfg.imaging_cell_arcsec, type=["null", "number"], exclusiveMinimum=0,
+                                     maximum=600,
+                                     description="pixel size (arcsec); empty = 1/5 of the predicted beam"),
+        "imaging_auto_threshold_sigma": Param(cfg.imaging_auto_threshold_sigma, type="number",
+                                              exclusiveMinimum=0, maximum=100,
+                                              description="clean stops at this many sigma of the residual"),
+        "imaging_pblimit": Param(cfg.imaging_pblimit, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                                 description="primary-beam level below which the corrected image is blank"),
     }
 
 
@@ -62,6 +80,16 @@ def calibration_params(cfg: PipelineConfig) -> dict[str, Param]:
 def mosaic_params(cfg: PipelineConfig) -> dict[str, Param]:
     """Mosaic choices offered in the trigger form (and for backfills)."""
     return {
+        # Used by backfills only (a backfill run makes the window's next version, dsa110_contimg.reprocess):
+        # "changed" remakes only the groups whose raw files, calibration or imaging Params differ from what
+        # their current image was made from; "all" remakes every group from its raw files.
+        "reprocess": Param("changed", type="string", enum=["changed", "all"],
+                           description="backfill: remake only changed groups, or all groups, from raw files"),
         "mosaic_method": Param(cfg.mosaic_method, type="string", enum=["weighted", "mean", "median"],
                                description="how images are combined: weighted = PB^2/sigma^2 linear mosaic"),
+        "detection_snr": Param(cfg.detection_snr, type="number", minimum=3, maximum=100,
+                               description="source-finding threshold (peak S/N) in the mosaic"),
+        "crossmatch_radius_arcsec": Param(cfg.crossmatch_radius_arcsec, type="number", exclusiveMinimum=0,
+                                          maximum=600,
+                                          description="match radius to the reference catalogue (arcsec)"),
     }

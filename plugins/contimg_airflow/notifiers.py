@@ -156,6 +156,16 @@ async def adeliver(alert: Alert) -> list[str]:
 
 # -- task failures -------------------------------------------------------------
 
+def _reported_error(exc: BaseException | None) -> BaseException | None:
+    """The library's error behind an AirflowFailException that the operators raised to fail a task
+    at once (operators.fails_fast), so the alert names it (e.g. CorruptSubbandError)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if isinstance(exc, AirflowFailException) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
+
+
 def failure_alert_from_context(context: Mapping[str, Any]) -> Alert:
     """The alert for the failed task instance of a callback context."""
     ti = context.get("ti") or context.get("task_instance")
@@ -168,7 +178,7 @@ def failure_alert_from_context(context: Mapping[str, Any]) -> Alert:
         dag_id=getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?"),
         task_id=getattr(ti, "task_id", None) or getattr(context.get("task"), "task_id", "?"),
         run_id=getattr(ti, "run_id", None) or context.get("run_id") or "?",
-        error=context.get("exception"),
+        error=_reported_error(context.get("exception")),
         log_url=url,
         conf=getattr(dag_run, "conf", None) or {},
         interval_start=getattr(dag_run, "data_interval_start", None) or context.get("data_interval_start"),

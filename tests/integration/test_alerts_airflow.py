@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.airflow]
 
 GROUP = "2026-01-15T08:00:00"
 TO = "operators@obs.example"
-DEADLINE_MIN = 0.1  # 6 s: the failing run is still retrying then
+DEADLINE_MIN = 0.05  # 3 s: the run is still starting its convert task then (which fails at once, unretried)
 
 
 class _Inbox:
@@ -217,8 +217,8 @@ def _unpaused(stack: LocalAirflow, token: str, dag_id: str) -> bool:
 
 @pytest.fixture(scope="module")
 def failed_group(tmp_path_factory, smtp, slack):
-    """One group run through the real scheduler; its files are not HDF5, so convert fails
-    (twice: retries=1) while the run overruns its 6 s deadline."""
+    """One group run through the real scheduler; its files are not HDF5, so convert fails at its
+    first try (a corrupt input is not retried) while the run overruns its 3 s deadline."""
     from dsa110_contimg.pipeline import open_registry
 
     ctl, inbox = smtp
@@ -270,15 +270,16 @@ def failed_group(tmp_path_factory, smtp, slack):
 def test_failed_group_emails_dag_task_group_error_and_log_url(failed_group):
     r = failed_group
     assert r["run"]["state"] == "failed"
-    assert r["tis"]["convert"]["state"] == "failed" and r["tis"]["convert"]["try_number"] == 2
+    # a corrupt input fails at once: one try, no retry (operators.fails_fast)
+    assert r["tis"]["convert"]["state"] == "failed" and r["tis"]["convert"]["try_number"] == 1
     assert r["n_mails"] == 2, [m["Subject"] for _, m in r["mails"].values()]  # one per alert, not per try
     rcpt, msg = r["mails"]["failure"]
     body = _body(msg)
     assert rcpt == [TO]
     assert msg["Subject"].startswith(f"[DSA-110 contimg] group.convert failed (group {GROUP}): "
                                      f"CorruptSubbandError: ")
-    log_url = f"{r['stack'].url}/dags/group/runs/{r['run_id']}/tasks/convert?try_number=2"
-    for line in ("DAG:   group", "Task:  convert (try 2)", f"Group: {GROUP}", f"Run:   {r['run_id']}",
+    log_url = f"{r['stack'].url}/dags/group/runs/{r['run_id']}/tasks/convert?try_number=1"
+    for line in ("DAG:   group", "Task:  convert (try 1)", f"Group: {GROUP}", f"Run:   {r['run_id']}",
                  f"Log:   {log_url}"):
         assert line in body.splitlines(), (line, body)
     error = next(line for line in body.splitlines() if line.startswith("Error:"))
@@ -298,7 +299,7 @@ def test_group_over_its_deadline_alerts(failed_group):
     assert f"Group:     {GROUP}" in body.splitlines()
     assert f"Run:       {r['run_id']}" in body.splitlines()
     assert f"Run page:  {r['stack'].url}/dags/group/runs/{r['run_id']}" in body.splitlines()
-    # noticed while the run was still going (convert failing, then waiting for its retry)
+    # noticed while the run was still going (before convert had failed)
     state = next(line for line in body.splitlines() if line.startswith("State:"))
     assert state.split()[-1] in ("queued", "running"), state
 

@@ -71,12 +71,15 @@ def run(tmp_path_factory):
         # Two days and three hours later: no bandpass covers it, and the 8 Jy calibrator is out of its field
         # (two-day-old gains would leave that source's sidelobes above the image QA limits).
         late = _late_group_waits_fails_then_clears(stack, token, root, start + timedelta(days=2, hours=3))
+        assets = stack.api_get("/api/v2/assets?limit=100", token)  # lineage: what the Assets page shows
+        asset_events = stack.api_get("/api/v2/assets/events?limit=100", token)
     finally:
         stack.stop()
     reg = open_registry(f"sqlite:///{stack.registry_db}")
     return {"sim": sim, "stack": stack, "summary": s, "reg": reg, "runs": runs, "api_dags": api_dags, "data": data,
             "transit": transit, "late": late, "group_tasks": group_tasks,
-            "gains_xcom": gains_xcom, "wall_s": time.monotonic() - t0}
+            "gains_xcom": gains_xcom, "assets": assets, "asset_events": asset_events,
+            "wall_s": time.monotonic() - t0}
 
 
 def _as_json(value):
@@ -277,3 +280,78 @@ def test_mosaic_published_with_crossmatched_bright_sources(run):
     assert bright, "the simulated sky should put bright sources inside the mosaic"
     recovered = [n for n in bright if n in matched]
     assert len(recovered) / len(bright) >= 0.9, (sorted(set(bright) - matched), len(bright))
+
+
+# -- lineage: asset events and registry provenance ----------------------------------------------
+def _events(run, name: str) -> list[dict]:
+    return [e for e in run["asset_events"]["asset_events"] if e["name"] == name]
+
+
+def test_products_are_asset_events_with_group_paths_qa_and_lineage(run):
+    """The Assets page lists one asset per product kind; each product made is one event whose
+    extra says which group or window, where the files are, its QA, and what it was made from."""
+    reg = run["reg"]
+    assets = {a["name"]: a for a in run["assets"]["assets"]}
+    kinds = {"contimg_image", "contimg_mosaic", "contimg_caltable_bandpass", "contimg_caltable_gains"}
+    assert kinds <= set(assets) and {assets[k]["group"] for k in kinds} == {"dsa110_contimg"}
+    assert {(t["dag_id"], t["task_id"]) for k in kinds for t in assets[k]["producing_tasks"]} == {
+        ("group", "register"), ("group", "solve_gains"), ("bandpass", "solve"), ("mosaic", "mosaic")}
+    assert not any(assets[k]["scheduled_dags"] for k in kinds)  # lineage only: no DAG runs on them
+    assert run["asset_events"]["total_entries"] <= 100  # all of them were read
+
+    images = {p["id"]: p for p in reg.products(kind="image")}
+    events = _events(run, "contimg_image")
+    assert {e["extra"]["product_id"] for e in events} == set(images)  # every image, from its group's run
+    for e in events:
+        x, img = e["extra"], images[e["extra"]["product_id"]]
+        assert e["source_dag_id"] == "group" and e["source_task_id"] == "register"
+        assert x["group_id"] == img["group_id"] and x["path"] == img["path"] and Path(x["path"]).exists()
+        assert x["qa_status"] == img["qa_status"] and x["qa"]["rms_jy"] > 0 and x["qa"]["dynamic_range"] > 0
+        assert x["calibration_sets"] == img["provenance"]["calibration_sets"] and "B" in {
+            c["type"] for c in x["calibration"]}
+
+    daily = [c for c in reg.calsets(kind="bandpass") if c["set_name"] != "manual_late"]
+    (bp,) = _events(run, "contimg_caltable_bandpass")
+    assert bp["source_dag_id"] == "bandpass" and bp["extra"]["set_name"] == daily[0]["set_name"]
+    assert bp["extra"]["group_id"] and bp["extra"]["qa_status"] == "good"
+    assert bp["extra"]["paths"] == [p for _, p in daily[0]["tables"]] and "flagged_fraction" in bp["extra"]["qa"]
+    # only the transit group solved gains: the groups that skipped emitted no (empty) event
+    (gains,) = _events(run, "contimg_caltable_gains")
+    (hourly,) = reg.calsets(kind="gains")
+    assert gains["extra"]["set_name"] == hourly["set_name"] and gains["extra"]["base_set"] == daily[0]["set_name"]
+    assert gains["extra"]["group_id"].replace(":", "") in hourly["set_name"]
+
+    mosaics = {p["id"]: p for p in reg.products(kind="mosaic")}
+    mevents = _events(run, "contimg_mosaic")
+    assert {e["extra"]["product_id"] for e in mevents} == set(mosaics)
+    for e in mevents:
+        x, m = e["extra"], mosaics[e["extra"]["product_id"]]
+        assert e["source_dag_id"] == "mosaic" and x["window"] == m["window"] and x["path"] == m["path"]
+        assert x["images"] == m["provenance"]["images"] and set(x["images"]) <= set(images)
+        assert x["qa"]["rms_jy"] > 0 and x["qa"]["n_inputs"] == len(x["images"])
+
+
+def test_image_provenance_holds_raw_checksums_params_and_versions(run):
+    """Each image records the SHA-256 of its 16 raw subband files (equal to hashlib's), its
+    parameters and software versions; a mosaic records the checksums of the image files it read,
+    which are the checksums its images recorded of themselves."""
+    import hashlib
+
+    reg = run["reg"]
+    images = reg.products(kind="image")
+    assert images
+    for img in images:
+        prov = img["provenance"]
+        group = reg.get_group(img["group_id"])
+        raw = {f["path"]: f["sha256"] for f in prov["inputs"]["raw_files"]}
+        assert sorted(raw) == sorted(json.loads(group["files"])) and len(raw) == N_SUBBANDS
+        for path, digest in raw.items():
+            assert digest == hashlib.sha256(Path(path).read_bytes()).hexdigest(), path
+        assert prov["inputs"]["ms"] == group["ms_path"]
+        assert prov["params"]["backend_used"] == img["metrics"]["backend"] and prov["params"]["niter"] > 0
+        assert {"dsa110_contimg", "casatools", "pyuvdata", "apache-airflow"} <= set(prov["software"])
+    own = {img["id"]: img["provenance"]["outputs"]["pbcor_fits"]["sha256"] for img in images}
+    (mosaic,) = reg.products(kind="mosaic", status="published")
+    for entry in mosaic["provenance"]["inputs"]:
+        pbcor = next(f for f in entry["files"] if f["path"].endswith(".pbcor.fits"))
+        assert pbcor["sha256"] == own[entry["product_id"]]

@@ -16,6 +16,8 @@ def test_compose_topology():
     commands = {name: s.get("command") for name, s in services.items()}
     assert commands["airflow-worker"] == ["celery", "worker"]
     assert commands["airflow-dag-processor"] == ["dag-processor"]
+    init = " ".join(commands["airflow-init"])
+    assert "db migrate" in init and "pools set casa" in init  # heavy tasks wait forever without the pool
     for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
                  "airflow-worker", "airflow-init"):
         env = services[name]["environment"]

@@ -19,6 +19,7 @@ from dsa110_contimg.registry import Registry, datetime_from_mjd, head_revision, 
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 NEW_CALTABLE_COLUMNS = {"set_kind", "status_reason", "base_set", "solver_params", "casa_version"}
+HEAD = "0004_versions"  # the newest migration (0004: product versions for reprocessing)
 
 
 # -- fixtures -------------------------------------------------------------------------
@@ -139,8 +140,8 @@ def test_migrate_empty_database_to_head_beside_airflow(fresh_url):
         c.execute(sa.text("INSERT INTO alembic_version VALUES ('airflow_head')"))
     r = Registry(fresh_url)
     assert r.schema_revision() is None
-    assert r.migrate() == head_revision() == "0003"
-    assert r.schema_revision() == "0003"
+    assert r.migrate() == head_revision() == HEAD
+    assert r.schema_revision() == HEAD
     assert {"groups", "caltables", "products", "sources", "schema_meta", "contimg_alembic_version"} \
         <= _tables_in(r.engine, r.schema)
     assert NEW_CALTABLE_COLUMNS <= _columns(r.engine, "caltables", r.schema)
@@ -160,8 +161,8 @@ def test_legacy_v1_database_is_stamped_then_upgraded_keeping_rows(fresh_url):
     schema = _make_legacy_db(fresh_url)
     r = Registry(fresh_url)
     assert r.schema_revision() is None
-    assert r.migrate() == "0003"
-    assert r.schema_revision() == "0003"
+    assert r.migrate() == HEAD
+    assert r.schema_revision() == HEAD
     assert r.get_group("g1")["status"] == "imaged"
     assert [t.path for t in r.apply_list(100.5)] == ["/c/old.B", "/c/old.G"]
     sets = {s["set_name"]: s for s in r.calsets()}
@@ -196,19 +197,19 @@ def test_partial_legacy_schema_is_refused(fresh_url):
 
 def test_migrate_is_idempotent_and_cheap_at_head(fresh_url):
     first = Registry(fresh_url)
-    assert first.migrate() == first.migrate() == "0003"
+    assert first.migrate() == first.migrate() == HEAD
     first.engine.dispose()
     again = Registry(fresh_url)
     seen = _count_statements(again.engine)
-    assert again.migrate() == "0003"
+    assert again.migrate() == HEAD
     assert seen == []  # this process already brought the URL to head
     registry_mod._AT_HEAD.discard((again.url, again.schema))
-    assert again.migrate() == "0003"
+    assert again.migrate() == HEAD
     assert seen and not any(s.lstrip().upper().startswith(("CREATE", "ALTER", "INSERT", "UPDATE")) for s in seen)
     assert not any("advisory" in s or "IMMEDIATE" in s for s in seen)  # no lock when at head
     with again.engine.connect() as c:
         version = sa.table("contimg_alembic_version", sa.column("version_num"), schema=again.schema)
-        assert c.execute(sa.select(version.c.version_num)).scalars().all() == ["0003"]
+        assert c.execute(sa.select(version.c.version_num)).scalars().all() == [HEAD]
     again.engine.dispose()
 
 
@@ -230,12 +231,12 @@ def test_concurrent_migrate_from_four_processes(fresh_url):
     outcomes = [results.get(timeout=180) for _ in procs]
     for p in procs:
         p.join(timeout=60)
-    assert outcomes == [("ok", "0003")] * 4
+    assert outcomes == [("ok", HEAD)] * 4
     assert [p.exitcode for p in procs] == [0] * 4
     r = Registry(fresh_url)
     with r.engine.connect() as c:
         version = sa.table("contimg_alembic_version", sa.column("version_num"), schema=r.schema)
-        assert c.execute(sa.select(version.c.version_num)).scalars().all() == ["0003"]
+        assert c.execute(sa.select(version.c.version_num)).scalars().all() == [HEAD]
         assert c.execute(sa.select(sa.func.count()).select_from(r.t["meta"])).scalar() == 1
     r.engine.dispose()
 
@@ -247,7 +248,7 @@ def test_downgrade_to_0001_and_back(reg):
     assert not NEW_CALTABLE_COLUMNS & _columns(reg.engine, "caltables", reg.schema)
     assert "provenance" not in _columns(reg.engine, "products", reg.schema)
     registry_mod._AT_HEAD.discard((reg.url, reg.schema))
-    assert reg.migrate() == "0003"
+    assert reg.migrate() == HEAD
     assert NEW_CALTABLE_COLUMNS <= _columns(reg.engine, "caltables", reg.schema)
 
 
@@ -498,7 +499,7 @@ def test_photometry_table_migration_up_and_down(reg):
     with reg.engine.connect() as c:
         assert c.execute(sa.select(reg.t["meta"].c.value)).scalar() == "2"
     registry_mod._AT_HEAD.discard((reg.url, reg.schema))
-    assert reg.migrate() == "0003"
+    assert reg.migrate() == HEAD
     assert _columns(reg.engine, "photometry", reg.schema) == PHOTOMETRY_COLUMNS
 
 

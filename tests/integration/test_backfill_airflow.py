@@ -1,0 +1,193 @@
+"""Reprocessing a window with `airflow backfill create`, through the real scheduler.
+
+Simulates 2 tiny groups (the 0834+555 transit in the second), lets the
+embedded deployment process them and publish the window's mosaic (version 1),
+then backfills the window twice with the Airflow CLI, as the README says:
+1. `reprocess` "changed" (the default): nothing changed, so both groups'
+   images are reused (no new group run, no new image) and the window is
+   mosaicked, cross-matched and published again as version 2, in
+   products/<window>/v2/; version 1 is then superseded, its files kept;
+2. `--dag-run-conf '{"reprocess": "all"}'`: both groups are remade from their
+   raw files (new image versions in images/<group>/v2/) and the window is
+   published as version 3, superseding version 2 and the version-1 images."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from dsa110_contimg.calibrators import transit_on
+from dsa110_contimg.instrument import INTEGRATION_S, preset
+from dsa110_contimg.localstack import LocalAirflow, free_port
+from dsa110_contimg.pipeline import open_registry, summary
+from dsa110_contimg.simulate import simulate_session
+
+pytestmark = [pytest.mark.airflow, pytest.mark.casa, pytest.mark.slow]
+
+PRESET = "tiny"
+N_GROUPS = 2
+DEC = 55.6
+TIMEOUT_S = 1200
+
+
+def _products(reg, kind):
+    return sorted(reg.products(kind=kind), key=lambda p: (p["version"], p["id"]))
+
+
+def _wait_for_version(stack: LocalAirflow, version: int, log: list, timeout_s: float = 900) -> None:
+    """Wait until the window's mosaic ``version`` is published; meanwhile record (``log``) each
+    look at the registry, to check that no version was superseded before its successor was published."""
+    reg = open_registry(f"sqlite:///{stack.registry_db}")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        stack.check_alive()
+        mosaics = _products(reg, "mosaic")
+        log.append([(m["id"], m["version"], m["status"], m["superseded_by"]) for m in mosaics])
+        if any(m["version"] == version and m["status"] == "published" for m in mosaics):
+            return
+        runs = stack.list_runs("mosaic")
+        if any(r["state"] == "failed" for r in runs):
+            raise AssertionError(f"a mosaic run failed while waiting for version {version}: {runs}; "
+                                 f"logs in {stack.home / 'logs'}")
+        time.sleep(5)
+    raise AssertionError(f"mosaic version {version} was not published within {timeout_s} s: {log[-1:]}")
+
+
+def _backfill(stack: LocalAirflow, start, conf: dict | None = None) -> str:
+    """`airflow backfill create` over the window's logical date, rerunning its completed run."""
+    args = ["backfill", "create", "--dag-id", "mosaic", "--from-date", start.isoformat(),
+            "--to-date", start.isoformat(), "--reprocess-behavior", "completed"]
+    if conf is not None:
+        args += ["--dag-run-conf", json.dumps(conf)]
+    t0 = time.monotonic()
+    while True:  # the previous backfill is marked complete by the scheduler a moment after its run ends
+        res = stack.airflow(*args, check=False)
+        if res.returncode == 0:
+            return res.stdout
+        if "AlreadyRunningBackfill" not in res.stderr or time.monotonic() - t0 > 120:
+            raise AssertionError(f"airflow {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+        time.sleep(10)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backfill")
+    data = root / "data"
+    span = timedelta(seconds=preset(PRESET).integrations_per_file * INTEGRATION_S)
+    transit = transit_on("0834+555", date(2026, 1, 15))
+    start = (transit - 1.5 * span).replace(microsecond=0)  # the transit falls in group 1
+    simulate_session(data / "incoming", PRESET, start, N_GROUPS, DEC, seed=3, calibrator="0834+555",
+                     catalog_path=data / "reference_catalog.tsv")
+    stack = LocalAirflow(home=root / "airflow", data_dir=data, port=free_port(8191), contimg_env={
+        "CONTIMG_SCHEDULE_START": start.isoformat(),
+        "CONTIMG_SCHEDULE_END": (start + timedelta(minutes=59)).isoformat(),
+        "CONTIMG_CATCHUP": "true",
+        "CONTIMG_POINTING_DEC_DEG": str(DEC),
+        "CONTIMG_GROUP_TIMEOUT_S": "30",
+    })
+    stack.prepare()
+    stack.start()
+    out: dict = {"data": data, "stack": stack, "start": start}
+    log1: list = []
+    log2: list = []
+    try:
+        stack.unpause()
+        _wait_for_version(stack, 1, [], timeout_s=TIMEOUT_S)
+        reg = open_registry(f"sqlite:///{stack.registry_db}")
+        deadline = time.monotonic() + 300
+        while any(r["state"] != "success" for r in stack.list_runs("mosaic")) and time.monotonic() < deadline:
+            time.sleep(5)  # publish has registered; let the run finish before backfilling it
+        out["first"] = {"summary": summary(reg), "images": _products(reg, "image"),
+                        "group_runs": stack.list_runs("group"), "mosaics": _products(reg, "mosaic")}
+
+        out["backfill_changed_cli"] = _backfill(stack, start)
+        _wait_for_version(stack, 2, log1)
+        out["second"] = {"images": _products(reg, "image"), "group_runs": stack.list_runs("group"),
+                         "mosaics": _products(reg, "mosaic"), "catalogs": _products(reg, "catalog")}
+
+        _backfill(stack, start, {"reprocess": "all"})
+        _wait_for_version(stack, 3, log2)
+        out["third"] = {"images": _products(reg, "image"), "group_runs": stack.list_runs("group"),
+                        "mosaics": _products(reg, "mosaic"), "catalogs": _products(reg, "catalog"),
+                        "mosaic_runs": stack.list_runs("mosaic")}
+    finally:
+        stack.stop()
+    out["logs"] = (log1, log2)
+    return out
+
+
+def test_first_pass_publishes_version_1(run):
+    first = run["first"]
+    assert first["summary"]["groups_processed"] == N_GROUPS, first["summary"]
+    assert len(first["group_runs"]) == N_GROUPS
+    (m1,) = first["mosaics"]
+    assert m1["version"] == 1 and m1["status"] == "published"
+    assert Path(m1["published_path"]).parent == run["data"] / "products" / m1["window"]
+    # every image records the inputs it was made from, so a backfill can decide to reuse it
+    assert all(i["fingerprint"] and i["fingerprint"]["calibration"] and len(i["fingerprint"]["files"]) == 16
+               for i in first["images"])
+
+
+def test_unchanged_groups_are_reused_and_version_2_published(run):
+    first, second = run["first"], run["second"]
+    # no new group runs, no new images: the same image rows, still version 1
+    assert len(second["group_runs"]) == N_GROUPS
+    assert [(i["id"], i["version"], i["path"]) for i in second["images"]] == \
+        [(i["id"], i["version"], i["path"]) for i in first["images"]]
+    assert all(i["status"] != "superseded" for i in second["images"])
+    m1, m2 = second["mosaics"]
+    window = m1["window"]
+    assert (m2["version"], m2["window"], m2["status"]) == (2, window, "published")
+    assert m2["name"] == f"{window}.v2"
+    assert set(m2["provenance"]["images"]) == {i["id"] for i in first["images"]}
+    v2 = Path(m2["published_path"])
+    assert v2.parent == run["data"] / "products" / window / "v2" and v2.exists()
+    # version 1 is kept, files and all, and points at its successor
+    assert m1["status"] == "superseded" and m1["superseded_by"] == m2["id"]
+    assert Path(m1["published_path"]).exists() and Path(m1["published_path"]).parent.name == window
+    c1, c2 = second["catalogs"]
+    assert c2["version"] == 2 and c2["window"] == window and c2["status"] == "published"
+    assert c1["status"] == "superseded" and c1["superseded_by"] == c2["id"] and Path(c1["published_path"]).exists()
+
+
+def test_previous_version_superseded_only_after_the_new_one_passed_qa(run):
+    """In every look at the registry during the backfills, a superseded mosaic's successor was
+    already published (the publish task supersedes only after the QA gate and the copy)."""
+    for log in run["logs"]:
+        assert log, "the registry was never looked at"
+        for snapshot in log:
+            status = {pid: st for pid, _, st, _ in snapshot}
+            for pid, _, st, succ in snapshot:
+                if st == "superseded":
+                    assert status.get(succ) in ("published", "superseded"), snapshot
+    # before its publish, version 2 existed while version 1 was still current at some look (or it was fast)
+    assert all(st == "published" for _, v, st, _ in run["logs"][0][0] if v == 1)
+
+
+def test_reprocess_all_remakes_every_group_as_new_image_versions(run):
+    first, third = run["first"], run["third"]
+    assert len(third["group_runs"]) == N_GROUPS  # remade inside the backfill run, not by new group runs
+    old = {i["group_id"]: i for i in first["images"]}
+    by_group: dict[str, list] = {}
+    for i in third["images"]:
+        by_group.setdefault(i["group_id"], []).append(i)
+    assert set(by_group) == set(old)
+    for gid, versions in by_group.items():
+        v1, v2 = sorted(versions, key=lambda i: i["version"])
+        assert (v1["id"], v1["version"], v2["version"]) == (old[gid]["id"], 1, 2)
+        assert Path(v2["path"]).exists() and Path(v2["path"]).parent.name == "v2"
+        assert Path(v1["path"]).exists() and v1["path"] != v2["path"]
+        assert v1["status"] == "superseded" and v1["superseded_by"] == v2["id"]
+        assert v2["fingerprint"]["files"] == v1["fingerprint"]["files"]  # same raw files, remade
+    m1, m2, m3 = third["mosaics"]
+    assert (m3["version"], m3["status"]) == (3, "published")
+    assert set(m3["provenance"]["images"]) == {max(v, key=lambda i: i["version"])["id"] for v in by_group.values()}
+    assert m2["status"] == "superseded" and m2["superseded_by"] == m3["id"]
+    assert m1["superseded_by"] == m2["id"]  # history stays as it was
+    assert all(Path(m["published_path"]).exists() for m in (m1, m2, m3))
+    assert Path(m3["published_path"]).parent.name == "v3"
+    runs = third["mosaic_runs"]
+    assert len(runs) == 1 and runs[0]["state"] == "success"  # the window's run, rerun by each backfill
