@@ -22,6 +22,11 @@ COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 CASA_POOL = "casa"  # the Airflow pool of the heavy tasks (contimg_airflow.operators.CASA_POOL)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+# SQLite allows one writer: a CLI command racing the scheduler fails with "database is
+# locked" after the driver's default 5 s wait. On SQLite, every component of the embedded
+# stack waits up to a minute instead (Airflow imports this dict).
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
 
 def free_port(preferred: int = 8080) -> int:
     """``preferred`` if nothing listens there, else any free port."""
@@ -68,6 +73,7 @@ class LocalAirflow:
         env = dict(os.environ)
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        metadata_url = env.get("CONTIMG_AIRFLOW_DB") or f"sqlite:///{home / 'airflow.db'}"
         env.update({
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.project_root / "dags"),
@@ -76,7 +82,8 @@ class LocalAirflow:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # SQLite by default; CONTIMG_AIRFLOW_DB names another (PostgreSQL: backfills need it)
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
             "AIRFLOW__API_AUTH__JWT_SECRET": "contimg-local-jwt-secret-not-for-production",
             # one key for every component: the scheduler encrypts what the triggerer decrypts (deadline
             # callbacks); without it each process under pytest would make its own
@@ -97,6 +104,8 @@ class LocalAirflow:
                                            env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         })
         env.update(self.contimg_env)
+        if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "dsa110_contimg.localstack.SQLITE_CONNECT_ARGS"
         return env
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:

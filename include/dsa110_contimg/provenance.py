@@ -20,7 +20,7 @@ import platform
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 CHUNK_BYTES = 4 << 20  # 4 MiB reads: hashing runs near disk speed with little memory
 HASH_THREADS = 4

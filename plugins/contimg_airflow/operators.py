@@ -311,10 +311,11 @@ class MosaicOperator(_CasaPool, BaseOperator):
     def execute(self, context) -> dict:
         from dsa110_contimg.pipeline import mosaic_step
         from dsa110_contimg.provenance import mosaic_event_extra
+        from dsa110_contimg.reprocess import mosaic_version_step
 
-        if is_reprocessing(context):  # a backfill: the window's next version (dsa110_contimg.reprocess)
-            from dsa110_contimg.reprocess import mosaic_version_step as mosaic_step  # noqa: F811
-        res = mosaic_step(get_config(context["params"]), get_registry(),
+        # a backfill makes the window's next version (dsa110_contimg.reprocess)
+        step = mosaic_version_step if is_reprocessing(context) else mosaic_step
+        res = step(get_config(context["params"]), get_registry(),
                           context["data_interval_start"], context["data_interval_end"])
         _emit(context, MOSAIC_ASSET, mosaic_event_extra(res))
         return res

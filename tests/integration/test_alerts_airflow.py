@@ -10,8 +10,6 @@ make a group fail on purpose: its 16 subband files are not HDF5."""
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 import logging
 import threading
@@ -30,33 +28,8 @@ TO = "operators@obs.example"
 DEADLINE_MIN = 0.05  # 3 s: the run is still starting its convert task then (which fails at once, unretried)
 
 
-class _Inbox:
-    """aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
-        self.messages.append((list(envelope.rcpt_tos), msg))
-        return "250 OK"
-
-
 def _body(msg) -> str:
     return msg.get_content().replace("\r\n", "\n")
-
-
-@pytest.fixture(scope="module")
-def smtp():
-    from aiosmtpd.controller import Controller
-
-    inbox = _Inbox()
-    ctl = Controller(inbox, hostname="127.0.0.1", port=free_port(0))
-    ctl.start()
-    try:
-        yield ctl, inbox
-    finally:
-        ctl.stop()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from dsa110_contimg.localstack import LocalAirflow, free_port
 from dsa110_contimg.pipeline import open_registry, summary
 from dsa110_contimg.simulate import simulate_session
 
+from conftest import throwaway_postgres_db
+
 pytestmark = [pytest.mark.airflow, pytest.mark.casa, pytest.mark.slow]
 
 PRESET = "tiny"
@@ -73,7 +75,16 @@ def _backfill(stack: LocalAirflow, start, conf: dict | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def metadata_db():
+    """Backfills need a metadata database that takes concurrent writers: on SQLite, Airflow 3.3
+    refuses `backfill create` while the scheduler writes ("database is locked"; its API says to use
+    PostgreSQL) and can leave a half-made backfill behind. Production runs on PostgreSQL; so does this."""
+    with throwaway_postgres_db("contimg_backfill") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, metadata_db):
     root = tmp_path_factory.mktemp("backfill")
     data = root / "data"
     span = timedelta(seconds=preset(PRESET).integrations_per_file * INTEGRATION_S)
@@ -82,6 +93,7 @@ def run(tmp_path_factory):
     simulate_session(data / "incoming", PRESET, start, N_GROUPS, DEC, seed=3, calibrator="0834+555",
                      catalog_path=data / "reference_catalog.tsv")
     stack = LocalAirflow(home=root / "airflow", data_dir=data, port=free_port(8191), contimg_env={
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
         "CONTIMG_SCHEDULE_START": start.isoformat(),
         "CONTIMG_SCHEDULE_END": (start + timedelta(minutes=59)).isoformat(),
         "CONTIMG_CATCHUP": "true",

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-from pathlib import Path
 
 import pytest
 

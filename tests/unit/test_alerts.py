@@ -2,8 +2,6 @@
 email and the Slack message, and that it reaches a real SMTP server and webhook."""
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import threading
 from datetime import datetime, timezone
@@ -25,7 +23,6 @@ from dsa110_contimg.alerts import (
 )
 from dsa110_contimg.config import PipelineConfig
 from dsa110_contimg.errors import CorruptSubbandError
-from dsa110_contimg.localstack import free_port
 
 GROUP = "2026-01-15T08:00:00"
 LOG_URL = "http://ui.example:8080/dags/group/runs/group__2026-01-15T080000/tasks/convert?try_number=2"
@@ -154,31 +151,6 @@ def test_alert_settings_in_config():
 
 
 # -- sending, to real local servers ---------------------------------------------
-
-class _Inbox:
-    """aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
-        self.messages.append((list(envelope.rcpt_tos), msg))
-        return "250 OK"
-
-
-@pytest.fixture()
-def smtp_server():
-    from aiosmtpd.controller import Controller
-
-    inbox = _Inbox()
-    ctl = Controller(inbox, hostname="127.0.0.1", port=free_port(0))
-    ctl.start()
-    try:
-        yield ctl, inbox
-    finally:
-        ctl.stop()
-
 
 def test_send_email_reaches_an_smtp_server(smtp_server):
     ctl, inbox = smtp_server

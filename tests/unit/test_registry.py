@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,8 @@ from dsa110_contimg.calibration.registry_io import register_solution, tables_for
 from dsa110_contimg.errors import NoCalibrationError
 from dsa110_contimg.registry import Registry, datetime_from_mjd, head_revision, mjd_from_datetime
 
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+from conftest import throwaway_postgres_db
+
 NEW_CALTABLE_COLUMNS = {"set_kind", "status_reason", "base_set", "solver_params", "casa_version"}
 HEAD = "0004_versions"  # the newest migration (0004: product versions for reprocessing)
 
@@ -29,17 +29,8 @@ def fresh_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'reg.db'}"
         return
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"contimg_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:  # pragma: no cover - service down
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_postgres_db() as url:
+        yield url
 
 
 @pytest.fixture
