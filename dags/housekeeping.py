@@ -27,6 +27,7 @@ CFG = config()
     start_date=PROJECT_EPOCH,
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=True,  # it deletes files: an operator turns it on, whatever the deployment's default
     default_args=PIPELINE_DEFAULTS,
     params={"dry_run": Param(CFG.housekeeping_dry_run, type="boolean",
                              description="only report what would be deleted; delete nothing")},

@@ -74,6 +74,14 @@ def _backfill(stack: LocalAirflow, start, conf: dict | None = None) -> str:
         time.sleep(10)
 
 
+def _plan(stack: LocalAirflow) -> dict:
+    """The window's reprocessing plan (XCom ``plan`` of ``plan_reprocessing``), through the REST API."""
+    run_id = stack.list_runs("mosaic")[0]["run_id"]
+    value = stack.api_get(f"/api/v2/dags/mosaic/dagRuns/{run_id}/taskInstances/plan_reprocessing/xcomEntries/plan",
+                          stack.api_token())["value"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
 @pytest.fixture(scope="module")
 def metadata_db():
     """Backfills need a metadata database that takes concurrent writers: on SQLite, Airflow 3.3
@@ -90,12 +98,14 @@ def run(tmp_path_factory, metadata_db):
     span = timedelta(seconds=preset(PRESET).integrations_per_file * INTEGRATION_S)
     transit = transit_on("0834+555", date(2026, 1, 15))
     start = (transit - 1.5 * span).replace(microsecond=0)  # the transit falls in group 1
+    # the window opens a minute early: a group's id is its earliest file's time, up to 20 s before `start`
+    window = start - timedelta(minutes=1)
     simulate_session(data / "incoming", PRESET, start, N_GROUPS, DEC, seed=3, calibrator="0834+555",
                      catalog_path=data / "reference_catalog.tsv")
     stack = LocalAirflow(home=root / "airflow", data_dir=data, port=free_port(8191), contimg_env={
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
-        "CONTIMG_SCHEDULE_START": start.isoformat(),
-        "CONTIMG_SCHEDULE_END": (start + timedelta(minutes=59)).isoformat(),
+        "CONTIMG_SCHEDULE_START": window.isoformat(),
+        "CONTIMG_SCHEDULE_END": (window + timedelta(minutes=59)).isoformat(),
         "CONTIMG_CATCHUP": "true",
         "CONTIMG_POINTING_DEC_DEG": str(DEC),
         "CONTIMG_GROUP_TIMEOUT_S": "30",
@@ -115,12 +125,13 @@ def run(tmp_path_factory, metadata_db):
         out["first"] = {"summary": summary(reg), "images": _products(reg, "image"),
                         "group_runs": stack.list_runs("group"), "mosaics": _products(reg, "mosaic")}
 
-        out["backfill_changed_cli"] = _backfill(stack, start)
+        out["backfill_changed_cli"] = _backfill(stack, window)
         _wait_for_version(stack, 2, log1)
         out["second"] = {"images": _products(reg, "image"), "group_runs": stack.list_runs("group"),
-                         "mosaics": _products(reg, "mosaic"), "catalogs": _products(reg, "catalog")}
+                         "mosaics": _products(reg, "mosaic"), "catalogs": _products(reg, "catalog"),
+                         "plan": _plan(stack)}
 
-        _backfill(stack, start, {"reprocess": "all"})
+        _backfill(stack, window, {"reprocess": "all"})
         _wait_for_version(stack, 3, log2)
         out["third"] = {"images": _products(reg, "image"), "group_runs": stack.list_runs("group"),
                         "mosaics": _products(reg, "mosaic"), "catalogs": _products(reg, "catalog"),
@@ -144,17 +155,31 @@ def test_first_pass_publishes_version_1(run):
 
 
 def test_unchanged_groups_are_reused_and_version_2_published(run):
-    first, second = run["first"], run["second"]
-    # no new group runs, no new images: the same image rows, still version 1
-    assert len(second["group_runs"]) == N_GROUPS
-    assert [(i["id"], i["version"], i["path"]) for i in second["images"]] == \
-        [(i["id"], i["version"], i["path"]) for i in first["images"]]
-    assert all(i["status"] != "superseded" for i in second["images"])
+    first, second, plan = run["first"], run["second"], run["second"]["plan"]
+    assert len(second["group_runs"]) == N_GROUPS  # no new group runs
+    # The transit group solved gains valid +-30 min; its image's inputs are unchanged, so it is reused.
+    # The other group is remade only if it was imaged before those gains existed (its fingerprint then
+    # names older calibration): which one happened depends on the order the two runs took.
+    v1 = {i["group_id"]: i for i in first["images"]}
+    transit_gid = max(v1)  # the transit falls in the second group
+    reused = {r["group_id"]: r["image_id"] for r in plan["reuse"]}
+    assert reused.get(transit_gid) == v1[transit_gid]["id"]
+    for r in plan["reprocess"]:
+        assert any("calibration" in reason for reason in r["reasons"]), r
+    now = {i["group_id"]: max((j for j in second["images"] if j["group_id"] == gid), key=lambda j: j["version"])
+           for gid, i in v1.items()}
+    for gid, img in now.items():
+        if gid in reused:  # the same image row, still version 1, not superseded
+            assert (img["id"], img["version"], img["status"] != "superseded") == (v1[gid]["id"], 1, True)
+        else:
+            assert img["version"] == 2 and Path(img["path"]).parent.name == "v2"
     m1, m2 = second["mosaics"]
     window = m1["window"]
     assert (m2["version"], m2["window"], m2["status"]) == (2, window, "published")
     assert m2["name"] == f"{window}.v2"
-    assert set(m2["provenance"]["images"]) == {i["id"] for i in first["images"]}
+    # both groups are in the window, and the new mosaic takes each group's current image
+    assert len(m1["provenance"]["images"]) == N_GROUPS
+    assert set(m2["provenance"]["images"]) == {i["id"] for i in now.values() if i["qa_status"] == "good"}
     v2 = Path(m2["published_path"])
     assert v2.parent == run["data"] / "products" / window / "v2" and v2.exists()
     # version 1 is kept, files and all, and points at its successor
@@ -187,16 +212,21 @@ def test_reprocess_all_remakes_every_group_as_new_image_versions(run):
     for i in third["images"]:
         by_group.setdefault(i["group_id"], []).append(i)
     assert set(by_group) == set(old)
-    for gid, versions in by_group.items():
-        v1, v2 = sorted(versions, key=lambda i: i["version"])
-        assert (v1["id"], v1["version"], v2["version"]) == (old[gid]["id"], 1, 2)
-        assert Path(v2["path"]).exists() and Path(v2["path"]).parent.name == "v2"
+    for gid, versions in by_group.items():  # the last two versions: before and after `reprocess=all`
+        v1, v2 = sorted(versions, key=lambda i: i["version"])[-2:]
+        assert v2["version"] == v1["version"] + 1 and len(versions) == v2["version"]
+        assert Path(v2["path"]).exists() and Path(v2["path"]).parent.name == f"v{v2['version']}"
         assert Path(v1["path"]).exists() and v1["path"] != v2["path"]
-        assert v1["status"] == "superseded" and v1["superseded_by"] == v2["id"]
+        assert v2["qa_status"] == v1["qa_status"]  # same inputs, same verdict
+        if v2["qa_status"] == "good":  # used by the new mosaic: it replaces version 1
+            assert v1["status"] == "superseded" and v1["superseded_by"] == v2["id"]
+        else:  # not in any mosaic: nothing replaced
+            assert v1["status"] != "superseded"
         assert v2["fingerprint"]["files"] == v1["fingerprint"]["files"]  # same raw files, remade
     m1, m2, m3 = third["mosaics"]
     assert (m3["version"], m3["status"]) == (3, "published")
-    assert set(m3["provenance"]["images"]) == {max(v, key=lambda i: i["version"])["id"] for v in by_group.values()}
+    newest = [max(v, key=lambda i: i["version"]) for v in by_group.values()]
+    assert set(m3["provenance"]["images"]) == {i["id"] for i in newest if i["qa_status"] == "good"}
     assert m2["status"] == "superseded" and m2["superseded_by"] == m3["id"]
     assert m1["superseded_by"] == m2["id"]  # history stays as it was
     assert all(Path(m["published_path"]).exists() for m in (m1, m2, m3))
