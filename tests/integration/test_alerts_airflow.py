@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 
 from dsa110_contimg.localstack import LocalAirflow, free_port
+
+from conftest import local_webhook
 
 pytestmark = [pytest.mark.airflow]
 
@@ -34,26 +34,23 @@ def _body(msg) -> str:
 
 @pytest.fixture(scope="module")
 def slack():
-    """A stand-in for a Slack incoming webhook: keeps the JSON posted to it."""
-    posts = []
+    """A stand-in for a Slack incoming webhook: its URL and the JSON posted to it."""
+    with local_webhook() as (base, received):
+        yield f"{base}/services/T000/B000/alerts", _Payloads(received)
 
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
 
-        def log_message(self, *args):
-            pass
+class _Payloads:
+    """The JSON bodies of the webhook's requests, as a live list."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/alerts", posts
-    finally:
-        server.shutdown()
-        server.server_close()
+    def __init__(self, received):
+        self._received = received
+
+    def __len__(self):
+        return len(self._received)
+
+    def __getitem__(self, index):
+        items = [r[2] for r in self._received]
+        return items[index]
 
 
 def _connections(smtp_port: int, slack_url: str | None) -> dict[str, str]:

@@ -2,10 +2,7 @@
 email and the Slack message, and that it reaches a real SMTP server and webhook."""
 from __future__ import annotations
 
-import json
-import threading
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -23,6 +20,8 @@ from dsa110_contimg.alerts import (
 )
 from dsa110_contimg.config import PipelineConfig
 from dsa110_contimg.errors import CorruptSubbandError
+
+from conftest import local_webhook
 
 GROUP = "2026-01-15T08:00:00"
 LOG_URL = "http://ui.example:8080/dags/group/runs/group__2026-01-15T080000/tasks/convert?try_number=2"
@@ -171,27 +170,9 @@ def test_send_email_without_recipients_refuses():
 
 
 def test_post_slack_reaches_a_webhook():
-    received = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append((self.path, self.headers["Content-Type"],
-                             json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        a = _group_failure()
-        status = post_slack(a, f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/XYZ")
-    finally:
-        server.shutdown()
-        server.server_close()
+    a = _group_failure()
+    with local_webhook() as (base, received):
+        status = post_slack(a, f"{base}/services/T0/B0/XYZ")
     assert status == 200
     (path, ctype, payload), = received
     assert path == "/services/T0/B0/XYZ" and ctype == "application/json"
