@@ -26,7 +26,8 @@ from contimg_airflow.sensors import IncomingGroupsSensor
 )
 def ingest():
     found = IncomingGroupsSensor(task_id="detect_groups", poll_interval=5.0)
-    runs = RecordGroupsOperator(task_id="record_groups", groups=found.output)
+    # files no run will read (bad names, symbolic links, late subbands, strays) are reported and alerted here
+    runs = RecordGroupsOperator(task_id="record_groups", groups=found.output, issues=found.output["issues"])
     TriggerDagRunOperator.partial(
         task_id="start_group_runs", trigger_dag_id="group", skip_when_already_exists=True,
     ).expand_kwargs(runs.output)

@@ -38,16 +38,15 @@ def log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def main() -> int:
-    t0 = time.monotonic()
-    data = DEMO_DIR / "data"
-    start = session_start_around_transit(CALIBRATOR, date(2026, 1, 15))
-    log(f"simulating {N_GROUPS} groups ({PRESET} preset) from {start.isoformat()} into {data / 'incoming'}")
-    sim = simulate_session(data / "incoming", PRESET, start, N_GROUPS, DEC_DEG, seed=1, calibrator=CALIBRATOR,
-                           catalog_path=data / "reference_catalog.tsv")
-    log(f"{len(sim.files)} subband files, {sim.n_sources} sources in the reference catalogue")
+def session_start():
+    return session_start_around_transit(CALIBRATOR, date(2026, 1, 15))
 
-    stack = LocalAirflow(home=DEMO_DIR / "airflow", data_dir=data, port=free_port(8080), contimg_env={
+
+def demo_stack(port: int = 8080) -> LocalAirflow:
+    """The embedded deployment of the demo: its Airflow home, data and settings
+    (scripts/airflow.py runs the Airflow CLI with the same environment)."""
+    start = session_start()
+    return LocalAirflow(home=DEMO_DIR / "airflow", data_dir=DEMO_DIR / "data", port=port, contimg_env={
         "CONTIMG_POINTING_DEC_DEG": str(DEC_DEG),
         "CONTIMG_BANDPASS_CALIBRATOR": CALIBRATOR,
         "CONTIMG_SCHEDULE_START": start.isoformat(),
@@ -55,6 +54,18 @@ def main() -> int:
         "CONTIMG_CATCHUP": "true",
         "CONTIMG_GROUP_TIMEOUT_S": "60",
     })
+
+
+def main() -> int:
+    t0 = time.monotonic()
+    data = DEMO_DIR / "data"
+    start = session_start()
+    log(f"simulating {N_GROUPS} groups ({PRESET} preset) from {start.isoformat()} into {data / 'incoming'}")
+    sim = simulate_session(data / "incoming", PRESET, start, N_GROUPS, DEC_DEG, seed=1, calibrator=CALIBRATOR,
+                           catalog_path=data / "reference_catalog.tsv")
+    log(f"{len(sim.files)} subband files, {sim.n_sources} sources in the reference catalogue")
+
+    stack = demo_stack(free_port(8080))
     log(f"preparing Airflow in {stack.home}")
     stack.prepare()
     stack.start()

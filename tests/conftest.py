@@ -123,3 +123,11 @@ def local_webhook():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fault report (tests/integration/faults.py), when fault tests ran."""
+    faults = sys.modules.get("faults")
+    if faults is not None and faults.REPORT:
+        terminalreporter.section("fault report")
+        terminalreporter.write_line(faults.report_table())

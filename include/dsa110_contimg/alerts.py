@@ -134,6 +134,22 @@ def deadline_alert(*, dag_id: str, run_id: str, deadline_minutes: float | None,
                  headline=f"A {dag_id} run had not finished {limit} after it was queued.")
 
 
+def ingest_alert(*, run_id: str, issues: Sequence[Mapping[str, Any]], report: str | None = None) -> Alert:
+    """The alert for files in the incoming directory that no run will read
+    (``ingest.ingest_issues``: bad names, symbolic links, late subbands, strays)."""
+    kinds = sorted({str(i["kind"]) for i in issues})
+    first = issues[0]
+    lines: list[tuple[str, str]] = [("DAG", "ingest"), ("Run", run_id)]
+    lines += [(str(i["kind"]).capitalize(), f"{i['path']}: {i['reason']}") for i in issues]
+    if report:
+        lines.append(("Report", report))
+    return Alert(kind="ingest", dag_id="ingest",
+                 subject=_subject(f"ingest: {len(issues)} file(s) not used ({', '.join(kinds)}): "
+                                  f"{str(first['path']).rsplit('/', 1)[-1]}: {first['reason']}"),
+                 lines=tuple(lines),
+                 headline=f"Ingest could not use {len(issues)} file(s) in the incoming directory.")
+
+
 def run_url(base_url: str, dag_id: str, run_id: str) -> str:
     """The run's page in the Airflow UI (its grid, with every task's log)."""
     return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id)}"

@@ -36,6 +36,13 @@ def cmd_ingest(a, cfg):
     from .ingest import find_groups, scan_incoming
 
     incoming = Path(a.incoming or cfg.incoming_dir)
+    if a.rerecord:  # a group with its late subbands: clear its convert afterwards
+        from dataclasses import replace
+
+        from .pipeline import open_registry, rerecord_group
+
+        reg = open_registry(a.registry or cfg.default_registry_url())
+        return rerecord_group(replace(cfg, incoming_dir=incoming), reg, a.rerecord)
     groups = find_groups(incoming, tolerance_s=cfg.group_tolerance_s, timeout_s=cfg.group_timeout_s,
                          min_subbands=cfg.min_subbands)
     _, rejected = scan_incoming(incoming)
@@ -236,7 +243,7 @@ def cmd_validate(a, cfg):
     else:
         from .imaging.validate import report_lines, validate_imaging
 
-        result = validate_imaging(work, preset=a.preset)
+        result = validate_imaging(work, preset=a.preset, imaging=_key_values(a.imaging))
     for line in report_lines(result):
         print(line)
     print(f"overall: {'PASS' if result['pass'] else 'FAIL'} (work directory {work})")
@@ -245,6 +252,17 @@ def cmd_validate(a, cfg):
     if a.what == "imaging":  # the per-product detail is in the lines above; the JSON carries the headline
         result = {k: v for k, v in result.items() if k != "products"}
     return result
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (ImagingParams.from_dict converts the types)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--imaging wants KEY=VALUE, not {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ingest", help="list the subband groups found in the incoming directory")
     s.add_argument("--incoming")
+    s.add_argument("--rerecord", metavar="GROUP_ID",
+                   help="record the group again with every file of it now in incoming (late subbands); "
+                        "then clear its run's convert task to reprocess it")
+    s.add_argument("--registry", help="registry URL (default: the configuration's)")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("convert", help="convert one group's subband files to a MeasurementSet")
@@ -323,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulator preset of the simulated proof (full = the real instrument's size)")
     s.add_argument("--work", help="work directory (default: a new temporary directory)")
     s.add_argument("--skip-real", action="store_true", help="calibration: skip the real-data (NGC5921) proof")
+    s.add_argument("--imaging", action="append", default=[], metavar="KEY=VALUE",
+                   help="imaging: an ImagingParams field other than its default (repeatable), e.g. weighting=uniform")
     s.add_argument("--json", action="store_true", help="print the numbers as one JSON object, last line")
     s.set_defaults(func=cmd_validate)
 

@@ -65,6 +65,7 @@ class PipelineConfig:
     alert_email_to: str = ""  # recipients of failure and deadline alerts, comma separated
     alert_smtp_conn_id: str = "contimg_smtp"  # Airflow connection of the mail server
     alert_slack_conn_id: str = "contimg_slack"  # Airflow connection of a Slack webhook; absent = no Slack
+    retry_delay_s: float = 60.0  # first retry of a task after a transient error; then about 2x, 4x (max 10 min)
     group_deadline_minutes: float = 30.0  # a group run not finished this long after being queued alerts
     # housekeeping (dags/housekeeping.py): days since an item last changed before it may be deleted
     retention_staging_days: float = 7.0  # staging copies of published products with a verified published copy

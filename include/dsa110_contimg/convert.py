@@ -39,10 +39,14 @@ Written atomically: to ``<group_id>.ms.tmp-<host>-<pid>`` in ``out_dir``, then
 renamed to ``<group_id>.ms`` (a previous MS is renamed away first and deleted
 after the new one is in place). A conversion that was killed leaves only its
 ``.tmp-<host>-<pid>`` directory, which the next conversion of the group on
-that host removes.
+that host removes. A conversion the directory has no room for is refused
+before anything is written (OSError ENOSPC naming the directory, which the
+task retries): casacore aborts the whole process when the disk fills part way
+through a table.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -54,6 +58,7 @@ import numpy as np
 
 from . import geometry, iers_cache, ms_writer
 from .errors import BadFileNameError, CorruptSubbandError, IncompleteGroupError
+from .inprogress import owner_suffix, remove_stale
 from .ingest import format_group_id, parse_subband_name
 from .instrument import N_SUBBANDS
 
@@ -530,10 +535,11 @@ def convert_group(
 
         out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / f"{group_id}.ms"
-        _remove_stale_tmp(out_dir, group_id)
-        tmp = out_dir / f"{group_id}{_TMP_INFIX}{_host()}-{os.getpid()}"
+        remove_stale(out_dir, f"{group_id}{_TMP_INFIX}*", _TMP_INFIX, f"convert {group_id}")
+        tmp = out_dir / f"{group_id}{_TMP_INFIX}{owner_suffix()}"
         if tmp.exists():
             shutil.rmtree(tmp)
+        _check_free_space(out_dir, group_id, _ms_bytes(int(nblts), nout, npol))
         n_flagged = 0
         try:
             n_flagged = _write_ms(tmp, producer, subtables, ref, reph, meta_args, group_id)
@@ -547,8 +553,10 @@ def convert_group(
                 },
             )
             _swap_into_place(tmp, final)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, RuntimeError) and "No space left on device" in str(exc):  # casacore's AipsError
+                raise OSError(errno.ENOSPC, f"No space left on device writing {final.name} ({exc})", str(tmp)) from exc
             raise
     seconds = time.perf_counter() - t_start
     n_ants = int(np.unique(np.concatenate([ref.ant1, ref.ant2])).size)
@@ -742,34 +750,27 @@ def _open_rw(path: Path):
 _TMP_INFIX = ".ms.tmp-"
 
 
-def _host() -> str:
-    import socket
-
-    return socket.gethostname().replace("/", "_") or "localhost"
-
-
-def _remove_stale_tmp(out_dir: Path, group_id: str) -> None:
-    """Delete ``<group_id>.ms.tmp-<host>-<pid>`` left by a conversion on this
-    host that was killed (its process no longer exists). Live ones, and those
-    of other hosts sharing the directory, are left alone."""
-    prefix = f"{group_id}{_TMP_INFIX}"
-    for p in out_dir.glob(f"{prefix}*"):
-        host, _, pid_text = p.name[len(prefix) :].rpartition("-")
-        try:
-            pid = int(pid_text)
-        except ValueError:
-            continue
-        if host != _host() or pid == os.getpid() or _pid_alive(pid):
-            continue
-        log.warning("convert %s: removing %s left by a killed conversion (pid %d)", group_id, p, pid)
-        shutil.rmtree(p, ignore_errors=True)
+def _ms_bytes(nrows: int, nchan: int, npol: int) -> int:
+    """What the MeasurementSet will take on disk, a little over: DATA (complex64), WEIGHT_SPECTRUM
+    (float32) and FLAG (bits) per sample, UVW, WEIGHT, SIGMA and the scalar columns per row, 10 % for
+    tile padding and 4 MiB for the subtables (a tiny group's MS: 2.3 MB, estimated 5.9 MB)."""
+    data = nrows * nchan * npol * (8 + 4 + 1 / 8) + nrows * (24 + 8 * npol + 64)
+    return int(1.1 * data) + (4 << 20)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _check_free_space(out_dir: Path, group_id: str, need: int) -> None:
+    """OSError(ENOSPC) naming ``out_dir`` unless ``need`` bytes are free there.
+
+    casacore cannot fail cleanly when the disk fills part way through a write: the table's
+    destructor throws and the process aborts (leaving its tmp copy behind), so a conversion
+    that cannot fit is refused before it starts. ENOSPC is an OSError, a transient error:
+    the task is retried once an operator has freed space."""
+    free = _free_bytes(out_dir)
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device for {group_id}.ms: needs about "
+                      f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB free", str(out_dir))

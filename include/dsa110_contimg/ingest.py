@@ -17,7 +17,14 @@ polls from the triggerer), the command line and the tests agree:
   else is ``pending``;
 - the same subband twice in one group makes it ``invalid`` (both files stay
   listed, ``reason`` says which); it is still handed on once it has settled so
-  that the group's own run fails with that message for an operator to read.
+  that the group's own run fails with that message for an operator to read;
+- symbolic links, and anything resolving outside the incoming directory, are
+  rejected, never followed (convert checks the recorded files again);
+- files no run will ever read are listed by :func:`ingest_issues` with the
+  reason, for the ingest report and an alert: names that do not parse,
+  rejected links, a subband arriving after its group was recorded ("late",
+  with how to reprocess the group with it) and "stray" files too few and too
+  far from any other group's timestamps to ever be converted.
 
 Only ``os.scandir``/``stat`` are used: this is cheap enough to run every few
 seconds on a directory with thousands of files.
@@ -72,6 +79,26 @@ def parse_subband_name(path: str | Path) -> tuple[datetime, int]:
     if incomplete:
         raise BadFileNameError(path, "file is still being written (_incomplete)")
     return start, sb
+
+
+SYMLINK_REASON = "symbolic link: rejected, never followed (the correlator writes regular files)"
+OUTSIDE_REASON = "resolves to a path outside the incoming directory: rejected"
+
+
+def check_incoming_file(path: str | Path, incoming: str | Path) -> None:
+    """Raise CorruptSubbandError(path, reason) unless ``path`` is a regular file directly in ``incoming``.
+
+    Symbolic links are rejected, never followed, and so is any path that resolves outside the
+    incoming directory (``..`` components, a linked parent): convert reads only what ingest may."""
+    from .errors import CorruptSubbandError
+
+    path = Path(path)
+    if path.is_symlink():
+        raise CorruptSubbandError(path, SYMLINK_REASON)
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(incoming):
+        raise CorruptSubbandError(path, f"{OUTSIDE_REASON} ({os.path.realpath(incoming)})")
+    if path.exists() and not path.is_file():
+        raise CorruptSubbandError(path, "not a regular file")
 
 
 def format_group_id(start: datetime) -> str:
@@ -129,7 +156,8 @@ def scan_incoming(incoming: Path) -> tuple[list[SubbandFile], list[tuple[str, st
 
     Returns ``(valid, rejected)``: ``valid`` holds finished and ``_incomplete``
     files whose names parse (``SubbandFile.incomplete`` tells them apart);
-    ``rejected`` holds ``(path, reason)`` for every other regular file.
+    ``rejected`` holds ``(path, reason)`` for every other regular file, for every
+    symbolic link (never followed) and for any entry resolving outside ``incoming``.
     Directories and hidden files are skipped. A missing directory is an
     empty one (the correlator may not have created it yet)."""
     incoming = Path(incoming)
@@ -139,14 +167,21 @@ def scan_incoming(incoming: Path) -> tuple[list[SubbandFile], list[tuple[str, st
         entries = list(os.scandir(incoming))
     except FileNotFoundError:
         return valid, rejected
+    root = os.path.realpath(incoming)
     for entry in entries:
         if entry.name.startswith("."):
             continue
         try:
-            if not entry.is_file():
+            if entry.is_symlink():  # never followed: it could point anywhere
+                rejected.append((entry.path, SYMLINK_REASON))
                 continue
-            st = entry.stat()
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:  # renamed/removed while we looked
+            continue
+        if os.path.dirname(os.path.realpath(entry.path)) != root:
+            rejected.append((entry.path, OUTSIDE_REASON))
             continue
         try:
             start, sb, incomplete = _parse(entry.path)
@@ -268,3 +303,69 @@ def ready_groups(
             if settled and (not g.missing or now_ts - g.newest_mtime >= timeout_s):
                 out.append(g)
     return out
+
+
+# -- problems an operator must hear about -------------------------------------------------
+ISSUE_REJECTED = "rejected"  # a name that does not parse, a symbolic link, a path outside incoming
+ISSUE_LATE = "late"  # a subband of a group already recorded (and perhaps processed)
+ISSUE_STRAY = "stray"  # files that can never form a group: too few, and outside every other group's tolerance
+
+
+def reprocess_hint(group_id: str) -> str:
+    """How an operator reprocesses a group with the files now in incoming (README: Operating)."""
+    run_id = "group__" + group_id.replace(":", "")
+    return (f"to reprocess the group with it: `dsa110 ingest --rerecord {group_id}`, then clear `convert` "
+            f"(with Downstream) of run {run_id}")
+
+
+def ingest_issues(
+    incoming: Path,
+    recorded: dict[str, list[str]],
+    now: datetime | None = None,
+    tolerance_s: float = 60,
+    timeout_s: float = 600,
+    min_subbands: int = 12,
+    settle_s: float = 5,
+) -> list[dict]:
+    """Files in ``incoming`` that no group run will ever read, each with the reason in words.
+
+    ``recorded``: group id -> the files recorded for it (``Registry.group_files``). Returns one
+    dict per file (``path``, ``kind``, ``group_id`` or None, ``reason``), oldest first:
+
+    - ``rejected``: names that do not parse, symbolic links, paths outside ``incoming``;
+    - ``late``: a settled subband of a group that is already recorded without it (it arrived
+      after its group was handed on); the reason says how to reprocess the group with it;
+    - ``stray``: a cluster that is not recorded, has too few subbands to ever be converted and
+      has been quiet for ``timeout_s`` (e.g. a file whose timestamp is outside the tolerance)."""
+    now_ts = (now or datetime.now(timezone.utc)).timestamp()
+    _, rejected = scan_incoming(incoming)
+    issues = [{"path": p, "kind": ISSUE_REJECTED, "group_id": None, "reason": r} for p, r in rejected]
+    owner = {f: gid for gid, files in recorded.items() for f in files}
+    groups = find_groups(incoming, now, tolerance_s, timeout_s, min_subbands, settle_s)
+    for g in groups:
+        gid = next((owner[f] for f in g.files if f in owner), g.group_id if g.group_id in recorded else None)
+        if gid is not None:
+            have = set(recorded[gid])
+            for path, sb in zip(g.files, g.subbands):
+                if path in have or now_ts - _mtime(path) < settle_s:
+                    continue
+                issues.append({"path": path, "kind": ISSUE_LATE, "group_id": gid, "reason": (
+                    f"sb{sb:02d} arrived after group {gid} was recorded with {len(have)} subband(s) and was "
+                    f"not used; {reprocess_hint(gid)}")})
+        elif (g.status == STATUS_PENDING and len(set(g.subbands)) < min_subbands
+              and now_ts - g.newest_mtime >= timeout_s):
+            others = [o for o in groups if o is not g]
+            near = min(others, key=lambda o: abs((o.start - g.start).total_seconds()), default=None)
+            where = (f"; the nearest group, {near.group_id}, starts {(g.start - near.start).total_seconds():+.0f} s "
+                     f"away (tolerance {tolerance_s:g} s)" if near else "")
+            for path in g.files:
+                issues.append({"path": path, "kind": ISSUE_STRAY, "group_id": g.group_id, "reason": (
+                    f"{g.reason}; quiet for {timeout_s:g} s, so it will never be converted{where}")})
+    return issues
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime
+    except FileNotFoundError:  # removed while we looked: as if it were still being written
+        return float("inf")

@@ -3,7 +3,9 @@
 Used by ``make demo`` and the integration tests: SQLite metadata database,
 LocalExecutor, and the four components (scheduler, dag-processor, triggerer,
 api-server) started as child processes with one shared environment. This
-module only starts programs; it imports nothing from Airflow.
+module only starts programs; it imports nothing from Airflow. The production
+topology (PostgreSQL, Redis, Celery workers) run the same way is
+``topology.CeleryAirflow``.
 """
 from __future__ import annotations
 
@@ -73,17 +75,13 @@ class LocalAirflow:
         env = dict(os.environ)
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-        metadata_url = env.get("CONTIMG_AIRFLOW_DB") or f"sqlite:///{home / 'airflow.db'}"
         env.update({
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.project_root / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.project_root / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            # SQLite by default; CONTIMG_AIRFLOW_DB names another (PostgreSQL: backfills need it)
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
             "AIRFLOW__API_AUTH__JWT_SECRET": "contimg-local-jwt-secret-not-for-production",
             # one key for every component: the scheduler encrypts what the triggerer decrypts (deadline
             # callbacks); without it each process under pytest would make its own
@@ -97,16 +95,36 @@ class LocalAirflow:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1200",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-            "AIRFLOW_CONN_CONTIMG_DB": json.dumps({"conn_type": "sqlite", "host": str(self.registry_db)}),
             "CONTIMG_DATA_DIR": str(self.data_dir.resolve()),
             "CONTIMG_CASA_CONFIG_DIR": str(home / "casa"),
             "PYTHONPATH": os.pathsep.join([str(self.project_root / "include"), str(self.project_root / "plugins"),
                                            env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         })
+        env.update(self.deployment_env(env))
         env.update(self.contimg_env)
         if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "dsa110_contimg.localstack.SQLITE_CONNECT_ARGS"
         return env
+
+    def deployment_env(self, base: dict[str, str]) -> dict[str, str]:
+        """Executor, metadata database and registry connection: LocalExecutor, SQLite (or the
+        database named by CONTIMG_AIRFLOW_DB; PostgreSQL: backfills need it) and a SQLite registry
+        beside it. ``topology.CeleryAirflow`` replaces these with the production topology's."""
+        metadata_url = base.get("CONTIMG_AIRFLOW_DB") or f"sqlite:///{self.home.resolve() / 'airflow.db'}"
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+            "AIRFLOW_CONN_CONTIMG_DB": json.dumps({"conn_type": "sqlite", "host": str(self.registry_db)}),
+        }
+
+    @property
+    def registry_url(self) -> str:
+        """SQLAlchemy URL of the registry the tasks reach through the ``contimg_db`` connection."""
+        return f"sqlite:///{self.registry_db}"
+
+    def registry_exists(self) -> bool:
+        """Whether a task has made the registry yet (opening it would make it)."""
+        return self.registry_db.exists()
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env(), check=check,

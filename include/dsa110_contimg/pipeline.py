@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,14 +32,20 @@ def open_registry(url: str) -> Registry:
 
 
 # -- ingest -------------------------------------------------------------------
-def new_ready_groups(cfg: PipelineConfig, known: set[str], now: datetime | None = None) -> list[dict]:
+def new_ready_groups(cfg: PipelineConfig, known: set[str] | dict[str, list[str]],
+                     now: datetime | None = None) -> list[dict]:
     """Ready groups in incoming not yet known: complete, timed-out semi-complete,
-    or settled-but-invalid (so their own run fails with a readable reason)."""
+    or settled-but-invalid (so their own run fails with a readable reason).
+
+    ``known`` is the recorded group ids, or better ``Registry.group_files()``: then a
+    cluster holding a file already recorded for a group is that group, even if a late
+    subband moved its earliest timestamp (it is reported by :func:`new_ingest_issues`)."""
     from .ingest import ready_groups
 
     groups = ready_groups(cfg.incoming_dir, now=now, tolerance_s=cfg.group_tolerance_s,
                           timeout_s=cfg.group_timeout_s, min_subbands=cfg.min_subbands)
-    ready = [g for g in groups if g.group_id not in known]
+    owned = {f for files in known.values() for f in files} if isinstance(known, dict) else set()
+    ready = [g for g in groups if g.group_id not in known and not owned.intersection(g.files)]
     return [{"group_id": g.group_id, "files": list(g.files), "status": g.status,
              "start_mjd": _nominal_start_mjd(g)} for g in ready]
 
@@ -63,15 +70,91 @@ def record_groups(reg: Registry, groups: list[dict]) -> list[str]:
     return [g["group_id"] for g in groups]
 
 
+INGEST_REPORT = "ingest_issues.jsonl"  # in data_dir: every file ingest could not use, and why
+
+
+def ingest_report_path(cfg: PipelineConfig) -> Path:
+    return Path(cfg.data_dir) / INGEST_REPORT
+
+
+def reported_issues(cfg: PipelineConfig) -> list[dict]:
+    """The ingest report: one JSON object per line (time, path, kind, group_id, reason)."""
+    path = ingest_report_path(cfg)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def new_ingest_issues(cfg: PipelineConfig, reg: Registry, now: datetime | None = None) -> list[dict]:
+    """Files in incoming that no run will read (bad names, symbolic links, paths outside incoming,
+    late subbands, strays: ``ingest.ingest_issues``) not yet in the ingest report."""
+    from .ingest import ingest_issues
+
+    seen = {(r["path"], r["kind"], r.get("group_id")) for r in reported_issues(cfg)}
+    issues = ingest_issues(cfg.incoming_dir, reg.group_files(), now=now, tolerance_s=cfg.group_tolerance_s,
+                           timeout_s=cfg.group_timeout_s, min_subbands=cfg.min_subbands)
+    return [i for i in issues if (i["path"], i["kind"], i["group_id"]) not in seen]
+
+
+def record_ingest_issues(cfg: PipelineConfig, reg: Registry, issues: list[dict]) -> list[dict]:
+    """Append new issues to the ingest report and log each; a late subband is also noted in its
+    group's message in the registry (its status stays as it is). Returns the issues recorded."""
+    seen = {(r["path"], r["kind"], r.get("group_id")) for r in reported_issues(cfg)}
+    new = [i for i in issues if (i["path"], i["kind"], i.get("group_id")) not in seen]
+    if not new:
+        return []
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    path = ingest_report_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        for i in new:
+            fh.write(json.dumps({"time": stamp, **i}) + "\n")
+            log.warning("ingest: %s %s: %s", i["kind"], i["path"], i["reason"])
+    for i in new:
+        row = reg.get_group(i["group_id"]) if i["kind"] == "late" else None
+        if row is not None:
+            note = f"ingest: late subband {Path(i['path']).name}: {i['reason']}"
+            reg.update_group(i["group_id"], message="\n".join(m for m in (row["message"], note) if m))
+    return new
+
+
+def rerecord_group(cfg: PipelineConfig, reg: Registry, group_id: str, now: datetime | None = None) -> dict:
+    """Record a group again with every file in incoming that belongs to it now (late subbands
+    included), so that clearing its ``convert`` reprocesses it with them."""
+    from .ingest import find_groups
+
+    row = reg.get_group(group_id)
+    if row is None:
+        raise ContimgError(cfg.incoming_dir, f"group {group_id} is not registered; was it ingested?")
+    recorded = json.loads(row["files"])
+    # the incoming directory spelt as when the group was recorded (ingest compares paths as strings)
+    base = os.path.dirname(recorded[0]) if recorded else str(cfg.incoming_dir)
+    old = {os.path.basename(f) for f in recorded}
+    groups = find_groups(Path(cfg.incoming_dir), now=now, tolerance_s=cfg.group_tolerance_s,
+                         timeout_s=cfg.group_timeout_s, min_subbands=cfg.min_subbands)
+    g = next((g for g in groups if old.intersection(map(os.path.basename, g.files)) or g.group_id == group_id), None)
+    if g is None:
+        raise ContimgError(cfg.incoming_dir, f"no files of group {group_id} are left in the incoming directory")
+    files = [os.path.join(base, os.path.basename(f)) for f in g.files]
+    added = sorted(f for f in files if os.path.basename(f) not in old)
+    reg.update_group(group_id, files=json.dumps(files), n_subbands=len(files), status="ingested",
+                     message=f"re-recorded with {len(files)} subbands (added {', '.join(added) or 'none'})")
+    log.info("ingest: group %s re-recorded with %d files (added %s)", group_id, len(files), added)
+    return {"group_id": group_id, "files": files, "added": added, "status": g.status, "reason": g.reason}
+
+
 # -- convert --------------------------------------------------------------------
 def convert_step(cfg: PipelineConfig, reg: Registry, group_id: str) -> dict:
     from .convert import convert_group
+    from .ingest import check_incoming_file
 
     row = reg.get_group(group_id)
     if row is None:
         raise ContimgError(cfg.incoming_dir, f"group {group_id} is not registered; was it ingested?")
     files = [Path(f) for f in json.loads(row["files"])]
     with _failure_recorded(reg, group_id, "convert"):
+        for f in files:  # symbolic links and paths outside incoming are never read
+            check_incoming_file(f, cfg.incoming_dir)
         res = convert_group(files, cfg.ms_dir, group_id=group_id, min_subbands=cfg.min_subbands,
                             tolerance_s=cfg.group_tolerance_s)
     reg.update_group(group_id, status="converted", ms_path=str(res.ms_path), mid_mjd=res.mid_mjd,

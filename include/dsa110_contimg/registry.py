@@ -222,7 +222,9 @@ class Registry:
         if schema is None and url.startswith("postgresql"):
             schema = "contimg"
         self.schema = schema
-        kwargs: dict[str, Any] = {"future": True}
+        # pool_pre_ping: a pooled connection is tested before use, so one that a database restart
+        # closed is replaced rather than failing the task's next statement
+        kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60}
         self.engine: Engine = sa.create_engine(url, **kwargs)
@@ -338,6 +340,12 @@ class Registry:
         g = self.t["groups"]
         with self.engine.connect() as conn:
             return {r[0] for r in conn.execute(sa.select(g.c.group_id))}
+
+    def group_files(self) -> dict[str, list[str]]:
+        """Group id -> the subband files recorded for it (what ingest handed on)."""
+        g = self.t["groups"]
+        with self.engine.connect() as conn:
+            return {r[0]: json.loads(r[1]) for r in conn.execute(sa.select(g.c.group_id, g.c.files))}
 
     def update_group(self, group_id: str, **values: Any) -> None:
         if values.get("status") not in (None, *GROUP_STATES):

@@ -11,6 +11,15 @@ UI ("Clear") would be impossible while its deadline is pending.
 :func:`install` replaces that recomputation with one that reads both forms.
 The ``contimg`` Airflow plugin calls it when a component loads plugins (the
 API server does at start). Remove once Airflow reads its own format.
+
+CeleryExecutor (Airflow 3.3, Celery's prefork pool): a task's process cannot
+start worker processes. The pool's processes are daemonic, Airflow forks each
+task's runner from one, and the runner inherits the flag, so ``multiprocessing``
+refuses it children ("daemonic processes are not allowed to have children").
+PyBDSF (cross-match) always starts some, so every mosaic's cross-match failed
+under Celery; the converter fell back to no block workers.
+:func:`allow_task_children` clears the flag in the task's own process; every
+operator calls it (``operators.fails_fast``).
 """
 from __future__ import annotations
 
@@ -52,6 +61,21 @@ def _recalculate_queued_at_deadlines(dagrun, new_queued_at: datetime, session) -
         if (alert.reference or {}).get("reference_type") != QUEUED_AT_REFERENCE:
             continue
         deadline.deadline_time = new_queued_at + timedelta(seconds=interval_seconds(alert.interval))
+
+
+def allow_task_children() -> None:
+    """Let this task's process start worker processes, also under Celery's prefork pool.
+
+    The flag only asks ``multiprocessing`` to refuse children of a pool process, which its pool
+    may terminate without waiting for them. A task runner is not a pool process: Airflow's task
+    supervisor gives it its own process group and signals that whole group when the task ends
+    or is killed, so its children never outlive it. A no-op in a non-daemonic process (the
+    LocalExecutor, ``airflow dags test``, the CLI)."""
+    import multiprocessing
+
+    proc = multiprocessing.current_process()
+    if proc.daemon:
+        proc._config["daemon"] = False  # what ``daemon`` reads; its setter refuses a started process
 
 
 def install() -> bool:

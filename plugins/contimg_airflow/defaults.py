@@ -14,9 +14,10 @@ PIPELINE_DEFAULTS = {
     "owner": "contimg",
     # Retries are for transient trouble only (I/O on a shared volume, a locked or unreachable database,
     # a timeout): the operators fail at once, without retrying, on errors a retry cannot fix (a corrupt
-    # input, a failed QA gate; dsa110_contimg.errors.is_transient). Backoff: ~1, 2, 4 min, at most 10.
+    # input, a failed QA gate; dsa110_contimg.errors.is_transient). Backoff: ~1, 2, 4 min, at most 10
+    # (the first delay is the config's retry_delay_s; the fault tests shorten it).
     "retries": 3,
-    "retry_delay": timedelta(minutes=1),
+    "retry_delay": timedelta(seconds=PipelineConfig.load().retry_delay_s),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=10),
     # Every task of every DAG alerts (email, and Slack when configured) once its last try fails.

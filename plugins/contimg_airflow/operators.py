@@ -35,10 +35,12 @@ def fails_fast(method):
     Airflow's own signals (skip, reschedule, fail, defer) pass through untouched."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+    from contimg_airflow.airflow_fixes import allow_task_children
     from dsa110_contimg.errors import is_transient
 
     @wraps(method)
     def wrapper(self, context, *args, **kwargs):
+        allow_task_children()  # under Celery a task's process could not start worker processes
         try:
             return method(self, context, *args, **kwargs)
         except AirflowException:
@@ -362,20 +364,39 @@ class PublishOperator(BaseOperator):
 
 
 class RecordGroupsOperator(BaseOperator):
-    """ingest: record the sensor's new groups and return one trigger conf each."""
+    """ingest: record the sensor's new groups and return one trigger conf each.
 
-    template_fields: Sequence[str] = ("groups",)
+    ``issues`` (the sensor's files that no run will read) are appended to the ingest
+    report, noted on their group when late, and alerted in one message; the groups'
+    runs start all the same."""
 
-    def __init__(self, *, groups: Any, **kwargs: Any):
+    template_fields: Sequence[str] = ("groups", "issues")
+
+    def __init__(self, *, groups: Any, issues: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.groups = groups
+        self.issues = issues
 
     @fails_fast
     def execute(self, context) -> list[dict]:
-        from dsa110_contimg.pipeline import record_groups
+        from dsa110_contimg.pipeline import record_groups, record_ingest_issues
 
-        ids = record_groups(get_registry(), list(self.groups or []))
+        reg = get_registry()
+        ids = record_groups(reg, list(self.groups or []))
+        cfg = get_config(context["params"])
+        issues = record_ingest_issues(cfg, reg, list(self.issues or []))
+        if issues:
+            _alert_ingest_issues(context, cfg, issues)
         return [{"trigger_run_id": f"group__{gid.replace(':', '')}", "conf": {"group_id": gid}} for gid in ids]
+
+
+def _alert_ingest_issues(context, cfg, issues: list[dict]) -> None:
+    """One alert (email, Slack) listing the files ingest could not use and why."""
+    from contimg_airflow.notifiers import deliver
+    from dsa110_contimg.alerts import ingest_alert
+    from dsa110_contimg.pipeline import ingest_report_path
+
+    deliver(ingest_alert(run_id=context["run_id"], issues=issues, report=str(ingest_report_path(cfg))))
 
 
 class HousekeepingOperator(BaseOperator):

@@ -2,7 +2,9 @@
 
 It holds no worker slot: it polls the directory (and the registry, for the
 groups already claimed) every ``poll_interval`` seconds in the triggerer's
-event loop, and fires once new complete groups exist."""
+event loop, and fires once new complete groups exist or files appear that no
+run will read (bad names, symbolic links, late subbands, strays: not yet in
+the ingest report), so that those are reported and alerted too."""
 from __future__ import annotations
 
 import asyncio
@@ -26,20 +28,22 @@ class IncomingGroupsTrigger(BaseTrigger):
         from airflow.sdk import BaseHook
 
         from contimg_airflow.registry_conn import get_config, url_from_connection
-        from dsa110_contimg.pipeline import new_ready_groups, open_registry
+        from dsa110_contimg.pipeline import new_ingest_issues, new_ready_groups, open_registry
 
         conn = await BaseHook.aget_connection(self.conn_id)
         url = url_from_connection(conn)
         cfg = get_config(self.overrides)
         while True:
-            groups = await asyncio.to_thread(_scan, cfg, url, new_ready_groups, open_registry)
-            if groups:
-                self.log.info("ingest: %d new complete group(s): %s", len(groups), [g["group_id"] for g in groups])
-                yield TriggerEvent({"groups": groups})
+            groups, issues = await asyncio.to_thread(_scan, cfg, url, new_ready_groups, new_ingest_issues,
+                                                     open_registry)
+            if groups or issues:
+                self.log.info("ingest: %d new complete group(s): %s; %d file(s) to report", len(groups),
+                              [g["group_id"] for g in groups], len(issues))
+                yield TriggerEvent({"groups": groups, "issues": issues})
                 return
             await asyncio.sleep(self.poll_interval)
 
 
-def _scan(cfg, url, new_ready_groups, open_registry) -> list[dict]:
+def _scan(cfg, url, new_ready_groups, new_ingest_issues, open_registry) -> tuple[list[dict], list[dict]]:
     reg = open_registry(url)
-    return new_ready_groups(cfg, reg.known_groups())
+    return new_ready_groups(cfg, reg.group_files()), new_ingest_issues(cfg, reg)

@@ -180,6 +180,21 @@ def test_retries_back_off_exponentially(dagbag):
             assert t.max_retry_delay == timedelta(minutes=10)
 
 
+def test_first_retry_delay_is_the_deployments(monkeypatch):
+    """``retry_delay_s`` (CONTIMG_RETRY_DELAY_S) sets the first delay; the fault tests shorten it."""
+    import importlib
+    from datetime import timedelta
+
+    import contimg_airflow.defaults as defaults
+
+    monkeypatch.setenv("CONTIMG_RETRY_DELAY_S", "7.5")
+    try:
+        assert importlib.reload(defaults).PIPELINE_DEFAULTS["retry_delay"] == timedelta(seconds=7.5)
+    finally:
+        monkeypatch.delenv("CONTIMG_RETRY_DELAY_S")
+        assert importlib.reload(defaults).PIPELINE_DEFAULTS["retry_delay"] == timedelta(minutes=1)
+
+
 def test_max_active_runs_bound_the_work_in_flight(dagbag):
     runs = {dag_id: dag.max_active_runs for dag_id, dag in dagbag.dags.items()}
     assert runs == {"ingest": 1, "group": 24, "bandpass": 1, "mosaic": 2, "housekeeping": 1}

@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from dsa110_contimg.calibrators import transit_on
-from dsa110_contimg.instrument import INTEGRATION_S, preset
 from dsa110_contimg.localstack import LocalAirflow, free_port
 from dsa110_contimg.pipeline import open_registry, summary
-from dsa110_contimg.simulate import simulate_session
 
+from airflow_session import DEC, simulate_transit_session
 from conftest import throwaway_postgres_db
 
 pytestmark = [pytest.mark.airflow, pytest.mark.casa, pytest.mark.slow]
 
-PRESET = "tiny"
 N_GROUPS = 2
-DEC = 55.6
 TIMEOUT_S = 1200
 
 
@@ -95,13 +91,9 @@ def metadata_db():
 def run(tmp_path_factory, metadata_db):
     root = tmp_path_factory.mktemp("backfill")
     data = root / "data"
-    span = timedelta(seconds=preset(PRESET).integrations_per_file * INTEGRATION_S)
-    transit = transit_on("0834+555", date(2026, 1, 15))
-    start = (transit - 1.5 * span).replace(microsecond=0)  # the transit falls in group 1
-    # the window opens a minute early: a group's id is its earliest file's time, up to 20 s before `start`
-    window = start - timedelta(minutes=1)
-    simulate_session(data / "incoming", PRESET, start, N_GROUPS, DEC, seed=3, calibrator="0834+555",
-                     catalog_path=data / "reference_catalog.tsv")
+    session = simulate_transit_session(data, N_GROUPS)  # the transit falls in group 1
+    start = session.start
+    window = session.window_start  # opens a minute early: it holds every group's earliest file
     stack = LocalAirflow(home=root / "airflow", data_dir=data, port=free_port(8191), contimg_env={
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
         "CONTIMG_SCHEDULE_START": window.isoformat(),

@@ -270,6 +270,38 @@ def test_rerun_replaces_atomically(group_files, tmp_path, monkeypatch):
     assert r2.n_rows == r1.n_rows
 
 
+def test_disk_full_is_a_transient_error_naming_the_directory(group_files, tmp_path, monkeypatch):
+    """A staging disk without room for the MS: refused before writing (casacore aborts the process when
+    the disk fills part way through a table), as OSError ENOSPC, which the task retries; a casacore write
+    error for a full disk is turned into the same OSError. Nothing is left in the directory either way."""
+    import errno
+
+    from dsa110_contimg.errors import is_transient
+
+    out = tmp_path / "ms"
+    pre = preset(PRESET)
+    n_ant = len(pre.pads())
+    need = convert_mod._ms_bytes(pre.integrations_per_file * n_ant * (n_ant + 1) // 2,
+                                 N_SUBBANDS * pre.channels_per_subband, 2)
+    assert 2.4e6 < need < 8e6  # its MS takes 2.3 MB
+    monkeypatch.setattr(convert_mod, "_free_bytes", lambda path: need - 1)
+    with pytest.raises(OSError) as err:
+        convert_group(group_files, out, group_id="full")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(out) and is_transient(err.value)
+    assert "No space left on device for full.ms" in str(err.value)
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(convert_mod, "_free_bytes", lambda path: need)
+
+    def full(*a, **k):
+        raise RuntimeError("FilebufIO: write error for file x/table.dat_tmp: No space left on device")
+
+    monkeypatch.setattr(convert_mod, "_put_keywords", full)
+    with pytest.raises(OSError) as err:
+        convert_group(group_files, out, group_id="full")
+    assert err.value.errno == errno.ENOSPC and "full.ms.tmp-" in err.value.filename and is_transient(err.value)
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.casa
 def test_sources_image_at_true_positions(converted, tmp_path):
     """Two bright sources (10 Jy ~1 deg and 5 Jy ~0.3 deg from the phase

@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dsa110_contimg.calibrators import get_calibrator, transit_on
+from dsa110_contimg.calibrators import get_calibrator
 from dsa110_contimg.config import PipelineConfig
-from dsa110_contimg.instrument import INTEGRATION_S, N_SUBBANDS, preset
+from dsa110_contimg.instrument import N_SUBBANDS, preset
 from dsa110_contimg.localstack import LocalAirflow, free_port
-from dsa110_contimg.pipeline import open_registry, summary
+from dsa110_contimg.pipeline import open_registry
 from dsa110_contimg.simulate import simulate_session
+
+from airflow_session import DEC, PRESET, simulate_transit_session, wait_for_session
 
 pytestmark = [pytest.mark.airflow, pytest.mark.casa, pytest.mark.slow]
 
-PRESET = "tiny"
 N_GROUPS = 4
-DEC = 55.6
 TIMEOUT_S = 1500
 
 
@@ -34,11 +35,8 @@ TIMEOUT_S = 1500
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "data"
-    span = timedelta(seconds=preset(PRESET).integrations_per_file * INTEGRATION_S)
-    transit = transit_on("0834+555", date(2026, 1, 15))
-    start = (transit - 1.5 * span).replace(microsecond=0)  # the transit falls in group 1
-    sim = simulate_session(data / "incoming", PRESET, start, N_GROUPS, DEC, seed=3, calibrator="0834+555",
-                           catalog_path=data / "reference_catalog.tsv")
+    session = simulate_transit_session(data, N_GROUPS)  # the transit falls in group 1
+    sim, start, transit = session.sim, session.start, session.transit
     stack = LocalAirflow(home=root / "airflow", data_dir=data, port=free_port(8181), contimg_env={
         "CONTIMG_SCHEDULE_START": start.isoformat(),
         "CONTIMG_SCHEDULE_END": (start + timedelta(minutes=59)).isoformat(),
@@ -51,14 +49,7 @@ def run(tmp_path_factory):
     t0 = time.monotonic()
     try:
         stack.unpause()
-        s = {}
-        while time.monotonic() - t0 < TIMEOUT_S:
-            stack.check_alive()
-            if stack.registry_db.exists():
-                s = summary(open_registry(f"sqlite:///{stack.registry_db}"))
-                if s["groups_processed"] + s["groups_failed"] >= N_GROUPS and s["mosaics_published"] >= 1:
-                    break
-            time.sleep(10)
+        s = wait_for_session(stack, N_GROUPS, TIMEOUT_S)
         runs = {d: stack.list_runs(d) for d in ("ingest", "group", "bandpass", "mosaic")}
         token = stack.api_token("admin", "admin")  # the README's login
         api_dags = stack.api_get("/api/v2/dags", token)
@@ -103,12 +94,19 @@ def _late_group_waits_fails_then_clears(stack: LocalAirflow, token: str, root: P
     bandpass covers it, clearing the sensor task reprocesses it through the real scheduler."""
     from dsa110_contimg.pipeline import new_ready_groups, record_groups
 
-    late_dir = root / "late_incoming"  # outside incoming: this group is started by hand, as an operator would
+    # This group is started by hand, as an operator would: written aside, recorded with its paths in
+    # incoming (so the continuous ingest sees a known group and starts no run of its own), then moved
+    # into incoming, the only directory convert reads from.
+    late_dir = root / "late_incoming"
     simulate_session(late_dir, PRESET, when, 1, DEC, seed=5, catalog_path=root / "late_catalog.tsv")
     reg = open_registry(f"sqlite:///{stack.registry_db}")
     cfg = PipelineConfig(data_dir=root, incoming_dir=late_dir, group_timeout_s=0)
     settled = datetime.now(timezone.utc) + timedelta(minutes=1)  # the files were written a moment ago
-    (gid,) = record_groups(reg, new_ready_groups(cfg, set(), now=settled))
+    (group,) = new_ready_groups(cfg, set(), now=settled)
+    incoming = stack.data_dir.resolve() / "incoming"  # spelt as the deployment spells it
+    (gid,) = record_groups(reg, [{**group, "files": [str(incoming / Path(f).name) for f in group["files"]]}])
+    for f in group["files"]:
+        shutil.move(f, incoming / Path(f).name)
     run_id = f"group__late_{gid.replace(':', '')}"
     stack.api_request("POST", "/api/v2/dags/group/dagRuns", token, {
         "dag_run_id": run_id, "logical_date": None,

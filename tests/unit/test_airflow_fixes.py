@@ -57,3 +57,37 @@ def test_recalculation_moves_only_queued_at_deadlines():
     airflow_fixes._recalculate_queued_at_deadlines(_Row(id=7), t0, _Session([queued, fixed]))
     assert queued[0].deadline_time == t0 + timedelta(minutes=30)
     assert fixed[0].deadline_time == "unchanged"
+
+
+def _noop():
+    pass
+
+
+def _start_a_child(fix: bool, out) -> None:
+    """In a daemonic process (as a task forked from a Celery pool process is): start one child."""
+    import multiprocessing
+
+    if fix:
+        airflow_fixes.allow_task_children()
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_noop)
+        child.start()
+        child.join(30)
+        out.put(child.exitcode)
+    except AssertionError as exc:
+        out.put(str(exc))
+
+
+@pytest.mark.parametrize("fix, outcome", [(False, "daemonic processes are not allowed to have children"),
+                                          (True, 0)])
+def test_allow_task_children_lets_a_daemonic_process_start_processes(fix, outcome):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_start_a_child, args=(fix, out), daemon=True)
+    proc.start()
+    try:
+        assert out.get(timeout=60) == outcome
+    finally:
+        proc.join(30)

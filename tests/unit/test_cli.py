@@ -114,3 +114,26 @@ def test_sources_lightcurve_and_variability(tmp_path, capsys):
     assert main(["sources", "variability", "--registry", url]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["name"] == "NVSS J0834+5534" and row["n"] == 3
+
+
+# -- dsa110 validate imaging --imaging KEY=VALUE ---------------------------------------------
+def test_validate_imaging_overrides_reach_imaging_params():
+    from dsa110_contimg.cli import _key_values
+    from dsa110_contimg.imaging import ImagingParams
+
+    a = build_parser().parse_args(["validate", "imaging", "--imaging", "weighting=uniform", "--imaging", "niter=20000"])
+    params = ImagingParams.from_dict(_key_values(a.imaging))
+    assert (params.weighting, params.niter, params.robust) == ("uniform", 20000, 0.0)
+
+
+def test_validate_imaging_refuses_a_malformed_override():
+    import pytest
+
+    from dsa110_contimg.cli import _key_values
+
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        _key_values(["weighting"])
+    with pytest.raises(ValueError, match="unknown imaging parameters"):
+        from dsa110_contimg.imaging import ImagingParams
+
+        ImagingParams.from_dict(_key_values(["weigting=uniform"]))

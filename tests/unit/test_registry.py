@@ -265,6 +265,28 @@ def test_group_recorded_once(reg):
         reg.update_group("1999-01-01T00:00:00", status="failed")
 
 
+def test_pooled_connection_closed_by_the_server_is_replaced():
+    """A database restart closes the connections a task's registry keeps in its pool; the next
+    statement must get a new one, not fail (tests/integration/test_faults_services.py found a
+    convert task failing its try with "server closed the connection unexpectedly"). The server
+    ends this test's own backends, as a restart would (the shared server itself is not restarted)."""
+    with throwaway_postgres_db() as url:
+        reg = Registry(url)
+        reg.migrate()
+        admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            assert reg.record_group("2026-01-15T12:00:00", 61055.5, ["a"]) is True  # a connection now pooled
+            with admin.connect() as c:
+                ended = c.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+            assert ended >= 1
+            reg.update_group("2026-01-15T12:00:00", status="converted", ms_path="/x.ms", mid_mjd=61055.502)
+            assert reg.get_group("2026-01-15T12:00:00")["status"] == "converted"
+        finally:
+            admin.dispose()
+            reg.engine.dispose()
+
+
 def test_products_and_sources_replace_not_duplicate(reg):
     pid = reg.register_product("image", "g1", "/s/g1.fits", group_id="g1", mid_mjd=10.0, metrics={"rms_jy": 1e-3})
     assert reg.register_product("image", "g1", "/s/g1b.fits", group_id="g1", mid_mjd=10.0) == pid

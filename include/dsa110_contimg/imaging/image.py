@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImagingError
+from ..inprogress import owner_suffix, remove_stale
 from ..instrument import SPEED_OF_LIGHT
 from ..results import jsonable
 from .backends import ImagerSetup, run_tclean, run_wsclean, tail
@@ -224,6 +225,15 @@ def _write_products(out_dir: Path, name: str, data: np.ndarray, pb: np.ndarray, 
     )
 
 
+_WORK_INFIX = ".work-"
+
+
+def _remove_stale_work(out_dir: Path, name: str) -> None:
+    """Delete ``.<name>.<backend>.work-<host>-<pid>`` work directories left by an imaging of
+    ``name`` on this host that was killed (``inprogress.remove_stale``)."""
+    remove_stale(out_dir, f".{name}.*{_WORK_INFIX}*", _WORK_INFIX, f"image {name}")
+
+
 def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name: str | None = None) -> ImageResult:
     """Image one MeasurementSet (Stokes I MFS) and primary-beam correct it.
 
@@ -243,7 +253,8 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
     setup = imager_setup(info, params)
     _log_plan(info, backend, flagged, setup)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / f".{name}.{backend}.work-{os.getpid()}"
+    _remove_stale_work(out_dir, name)
+    work = out_dir / f".{name}.{backend}{_WORK_INFIX}{owner_suffix()}"
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)

@@ -40,9 +40,12 @@ import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .params import ImagingParams
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +138,11 @@ def _overlap(pb_fits: Sequence[Path], pblimit: float):
     return keep
 
 
-def simulate_and_image(work_dir: Path, preset: str = "full", seed: int = 1) -> dict[str, Any]:
-    """Simulate, calibrate and image the two later groups; their images, pbs and the truth catalogue."""
+def simulate_and_image(work_dir: Path, preset: str = "full", seed: int = 1,
+                       params: ImagingParams | None = None) -> dict[str, Any]:
+    """Simulate, calibrate and image the two later groups; their images, pbs and the truth catalogue.
+
+    ``params`` (ImagingParams) defaults to the pipeline's imaging defaults."""
     from ..calibration import CalSolveParams, apply_calibration, solve_calibration
     from ..calibration.validate import CALIBRATOR, POINTING_DEC_DEG, simulate_transit_group
     from ..calibrators import get_calibrator
@@ -150,7 +156,7 @@ def simulate_and_image(work_dir: Path, preset: str = "full", seed: int = 1) -> d
     start = sim_cal.group_timestamps[0] + timedelta(minutes=OFFSET_MIN)
     sim = simulate_session(work_dir / "field" / "incoming", preset, start, 2, POINTING_DEC_DEG, seed=seed)
     n = len(sim.files) // 2
-    params = ImagingParams()
+    params = params or ImagingParams()
     images = []
     for k in range(2):
         ms = Path(convert_group(sim.files[k * n:(k + 1) * n], work_dir / "field" / "ms").ms_path)
@@ -160,15 +166,21 @@ def simulate_and_image(work_dir: Path, preset: str = "full", seed: int = 1) -> d
     return {"images": images, "truth": truth, "pblimit": params.pblimit, "solve_qa": solve.qa_status}
 
 
-def validate_imaging(work_dir: Path, preset: str = "full", seed: int = 1) -> dict[str, Any]:
-    """The whole proof; the numbers per product, the worst over products, and ``pass``."""
+def validate_imaging(work_dir: Path, preset: str = "full", seed: int = 1,
+                     imaging: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole proof; the numbers per product, the worst over products, and ``pass``.
+
+    ``imaging`` overrides fields of the default ImagingParams (to measure another
+    choice, e.g. ``{"weighting": "uniform"}``); the result records what was used."""
     from ..catalog import read_catalog
     from ..mosaic import mosaic_images
+    from . import ImagingParams
 
     t0 = time.monotonic()
     work_dir = Path(work_dir)
     shutil.rmtree(work_dir / "images", ignore_errors=True)
-    made = simulate_and_image(work_dir, preset, seed)
+    params = ImagingParams.from_dict(imaging)
+    made = simulate_and_image(work_dir, preset, seed, params)
     truth = read_catalog(made["truth"])
     images = made["images"]
     per = {f"image{k + 1}": score(Path(img.pbcor_fits), truth) for k, img in enumerate(images)}
@@ -177,8 +189,8 @@ def validate_imaging(work_dir: Path, preset: str = "full", seed: int = 1) -> dic
     per["mosaic"] = score(Path(mos.mosaic_fits), truth,
                           keep=_overlap([Path(i.pb_fits) for i in images], made["pblimit"]))
     worst = _worst(per.values())
-    return {**worst, "preset": preset, "products": per, "seconds": round(time.monotonic() - t0, 1),
-            "pass": all(p["pass"] for p in per.values())}
+    return {**worst, "preset": preset, "imaging": dict(imaging or {}), "products": per,
+            "seconds": round(time.monotonic() - t0, 1), "pass": all(p["pass"] for p in per.values())}
 
 
 def _worst(products) -> dict[str, Any]:
