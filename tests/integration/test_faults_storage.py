@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -70,6 +71,52 @@ def _when(text: str | None) -> datetime | None:
 def _tis(stack: LocalAirflow, token: str, dag_id: str, run_id: str) -> dict[str, dict]:
     return {t["task_id"]: t for t in stack.api_get(
         f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100", token)["task_instances"]}
+
+
+def _mosaic_tis(stack: LocalAirflow, token: str) -> dict[str, dict | None]:
+    """Each mosaic run's ``mosaic`` task instance (None before it exists)."""
+    runs = stack.api_get("/api/v2/dags/mosaic/dagRuns?limit=100", token)["dag_runs"]
+    return {r["dag_run_id"]: _tis(stack, token, "mosaic", r["dag_run_id"]).get("mosaic") for r in runs}
+
+
+def _hold_first_mosaic(stack: LocalAirflow, token: str) -> dict:
+    """Make the two windows' ``mosaic`` tasks overlap for certain.
+
+    Each is a few seconds of work at the end of a chain of short tasks, so on a loaded
+    machine the two chains can drift apart by more than that and the tasks run one after
+    the other (CI saw it). So the first ``mosaic`` task seen running is frozen (SIGSTOP on
+    its task process, whose pid Airflow records) until the other one runs too, then
+    resumed (SIGCONT). Returns what was held and for how long."""
+    result: dict = {"both_running": False}
+    held: dict | None = None
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            tis = _mosaic_tis(stack, token)
+            running = {r: t for r, t in tis.items() if t and t["state"] == "running" and t.get("pid")}
+            finished = [r for r, t in tis.items() if t and t["state"] in ("success", "failed", "upstream_failed")]
+            if len(running) == 2:
+                result["both_running"] = True
+                break
+            if finished:  # one ended before the other was seen running: no overlap to show
+                result["finished_first"] = finished
+                break
+            if held is None and len(running) == 1:
+                run_id, ti = next(iter(running.items()))
+                os.kill(ti["pid"], signal.SIGSTOP)
+                held = {"run_id": run_id, "pid": ti["pid"], "t0": time.monotonic()}
+            time.sleep(0.2)
+        else:
+            result["timed_out"] = True
+    finally:
+        if held is not None:
+            try:
+                os.kill(held["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            result.update(held_run=held["run_id"], held_pid=held["pid"],
+                          held_s=round(time.monotonic() - held["t0"], 1))
+    return result
 
 
 def _mount_tmpfs(path: Path) -> None:
@@ -177,6 +224,7 @@ def storage(tmp_path_factory):
                 "dag_run_id": "mosaic__operator_overlap", "logical_date": start.isoformat(),
                 "data_interval_start": start.isoformat(), "data_interval_end": end.isoformat()})
             _wait(lambda: _unpaused(stack, token, "mosaic"), 60, stack, "the mosaic DAG unpaused")
+            out["overlap_hold"] = _hold_first_mosaic(stack, token)
 
             def mosaic_runs():
                 runs = stack.api_get("/api/v2/dags/mosaic/dagRuns?limit=100", token)["dag_runs"]
@@ -264,7 +312,8 @@ def test_two_overlapping_mosaic_windows(storage):
     faults.record("two overlapping mosaic windows", 1, survived, len(audit.lost))
     spans = {k: (_when(t["mosaic"]["start_date"]), _when(t["mosaic"]["end_date"])) for k, t in tis.items()}
     run_spans = {k: (_when(r["start_date"]), _when(r["end_date"])) for k, r in runs.items()}
-    print(f"\nmosaic runs: { {k: (r['dag_run_id'], r['state']) for k, r in runs.items()} }")
+    print(f"\nheld to make the mosaic tasks overlap: {s['overlap_hold']}")
+    print(f"mosaic runs: { {k: (r['dag_run_id'], r['state']) for k, r in runs.items()} }")
     print(f"mosaic tasks: { {k: (a.isoformat(), b.isoformat()) for k, (a, b) in spans.items()} }")
     print(f"runs: { {k: (a.isoformat(), b.isoformat()) for k, (a, b) in run_spans.items()} }")
 
@@ -273,6 +322,7 @@ def test_two_overlapping_mosaic_windows(storage):
         k: {"wait_for_images": "success", "plan_reprocessing": "success", "reprocess_group": "skipped",
             "mosaic": "success", "crossmatch": "success", "publish": "success"} for k in tis}
     # they really ran at once: each run started before the other ended, and so did their mosaic tasks
+    assert s["overlap_hold"]["both_running"], s["overlap_hold"]
     (a0, a1), (b0, b1) = run_spans["scheduled"], run_spans["operator"]
     assert a0 < b1 and b0 < a1, run_spans
     (m0, m1), (n0, n1) = spans["scheduled"], spans["operator"]
