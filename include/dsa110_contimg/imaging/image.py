@@ -75,6 +75,7 @@ class ImageResult:
     bandwidth_hz: float | None = None
     psf_beam_arcsec: tuple[float, float, float] | None = None
     imaging: dict[str, Any] | None = None  # the ImagerSetup both backends were given
+    imager_seconds: float | None = None  # of ``seconds``, the imager's own run (tclean or wsclean)
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(self)
@@ -313,6 +314,7 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
         dec_deg=math.degrees(info.phase_dec_rad),
         pbcor_peak_jy=pc_peak,
         seconds=seconds,
+        imager_seconds=t_img,
         log_path=log_path,
         flagged_fraction=flagged,
         bandwidth_hz=info.bandwidth_hz,
