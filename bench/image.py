@@ -12,8 +12,10 @@ primary-beam correction) and like with like (DESIGN.md section 7):
 
 * w-terms corrected in both: tclean ``gridder='wproject'`` (automatic number
   of w-planes) against WSClean's w-gridder (``-use-wgridder``);
-* one thread each: tclean runs serially, WSClean with ``-j 1``, and
-  ``OMP_NUM_THREADS=1`` for both;
+* the same threads for both: ``--threads N`` (default 1) sets
+  ``OMP_NUM_THREADS=N`` for both processes and WSClean's ``-j N``; tclean
+  has no threads of its own to set (without MPI it grids serially, using
+  OpenMP only where CASA does);
 * the same data column (CORRECTED_DATA), image size and cell.
 
 Each backend runs in a fresh Python process (as an Airflow task would). The
@@ -43,18 +45,24 @@ PEAK_SEARCH_ARCSEC = 90.0  # around the calibrator's catalogue position
 
 
 def calibrated_ms(preset: str, cache: Path) -> Path:
-    """The cached calibrated transit-group MS, made on the first run."""
+    """The cached calibrated transit-group MS, made on the first run.
+
+    A later run reuses it as it is: converting again would replace the MS and
+    drop its CORRECTED_DATA, and the imagers would then image raw data."""
     from dsa110_contimg.calibration import CalSolveParams, apply_calibration, solve_calibration
     from dsa110_contimg.calibration.validate import CALIBRATOR, simulate_transit_group
     from dsa110_contimg.calibrators import get_calibrator
 
-    done = cache / "calibrated.ok"
+    done = cache / "calibrated.json"
+    if done.exists():
+        ms = Path(json.loads(done.read_text())["ms"])
+        if ms.is_dir():
+            return ms
     _, ms = simulate_transit_group(cache, preset)
-    if not done.exists():
-        print(f"calibrating {ms} (cached for later runs) ...", flush=True)
-        res = solve_calibration(ms, get_calibrator(CALIBRATOR), cache / "caltables", CalSolveParams())
-        apply_calibration(ms, res.tables)
-        done.write_text(json.dumps(res.to_dict()))
+    print(f"calibrating {ms} (cached for later runs) ...", flush=True)
+    res = solve_calibration(ms, get_calibrator(CALIBRATOR), cache / "caltables", CalSolveParams())
+    apply_calibration(ms, res.tables)
+    done.write_text(json.dumps({"ms": str(ms), "solve": res.to_dict()}))
     return ms
 
 
@@ -74,23 +82,23 @@ def brightest_peak(pbcor_fits: str) -> float:
     return float(np.nanmax(box))
 
 
-def run_backend(backend: str, ms: Path, out: Path) -> dict:
+def run_backend(backend: str, ms: Path, out: Path, threads: int = 1) -> dict:
     """Image ``ms`` with ``backend`` in a fresh process; wall time and the result."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, __file__, "--run-one", backend, "--ms", str(ms), "--out", str(out)],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--run-one", backend, "--ms", str(ms), "--out", str(out),
+                           "--threads", str(threads)], env=env, capture_output=True, text=True)
     seconds = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{backend} failed:\n{proc.stderr[-3000:]}")
     return {"seconds": seconds, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def _run_one(backend: str, ms: Path, out: Path) -> None:
+def _run_one(backend: str, ms: Path, out: Path, threads: int) -> None:
     from dsa110_contimg.imaging import ImagingParams, image_ms
     from dsa110_contimg.results import jsonable
 
-    res = image_ms(ms, out, ImagingParams(backend=backend, threads=1))
+    res = image_ms(ms, out, ImagingParams(backend=backend, threads=threads))
     print(json.dumps(jsonable(res)))
 
 
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="full")
     ap.add_argument("--cache", type=Path, default=None, help="default /tmp/contimg-bench-image-<preset>")
     ap.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
+    ap.add_argument("--threads", type=int, default=1, help="threads for both imagers (default 1)")
     ap.add_argument("--run-one", choices=["tclean", "wsclean"], help=argparse.SUPPRESS)
     ap.add_argument("--ms", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -107,19 +116,20 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_casa_offline()
     if a.run_one:
-        _run_one(a.run_one, a.ms, a.out)
+        _run_one(a.run_one, a.ms, a.out, a.threads)
         return 0
     cache = a.cache or Path(f"/tmp/contimg-bench-image-{a.preset}")
     ms = calibrated_ms(a.preset, cache)
     results = {}
     for backend in ("tclean", "wsclean"):
         print(f"imaging with {backend} ...", flush=True)
-        results[backend] = run_backend(backend, ms, cache / f"images-{backend}")
+        results[backend] = run_backend(backend, ms, cache / f"images-{backend}", a.threads)
         print(f"  {backend}: {results[backend]['seconds']:.1f} s, image {results[backend].get('imsize')} px, "
               f"rms {results[backend]['rms_jy']:.4g} Jy/beam", flush=True)
     peaks = {b: brightest_peak(r["pbcor_fits"]) for b, r in results.items()}
     summary = {
         "preset": a.preset,
+        "threads": a.threads,
         "tclean_s": round(results["tclean"]["seconds"], 2),
         "wsclean_s": round(results["wsclean"]["seconds"], 2),
         "speedup": round(results["tclean"]["seconds"] / results["wsclean"]["seconds"], 2),

@@ -23,7 +23,9 @@ from dsa110_contimg.crossmatch import find_sources
 from dsa110_contimg.errors import ImagingError
 from dsa110_contimg.geometry import angular_separation, meridian_direction
 from dsa110_contimg.imaging import ImagingParams, image_ms
-from dsa110_contimg.imaging.msinfo import POINTING_DEC_KEYWORD, apparent_dec_of, icrs_to_itrs_unit
+from dsa110_contimg.imaging.accuracy import dirty_tclean, dirty_wsclean, gridding_errors
+from dsa110_contimg.imaging.image import imager_setup
+from dsa110_contimg.imaging.msinfo import POINTING_DEC_KEYWORD, apparent_dec_of, icrs_to_itrs_unit, read_ms_info
 from dsa110_contimg.instrument import (
     BAND_HIGH_HZ,
     BAND_LOW_HZ,
@@ -254,6 +256,26 @@ def test_backends_use_the_same_parameters(images):
         assert htc[key] == hws[key], key
     for key in ("BMAJ", "BMIN", "BPA"):  # CASA rounds the beam it writes in its last digits
         assert htc[key] == pytest.approx(hws[key], rel=1e-9), key
+
+
+@pytest.mark.skipif(not HAVE_WSCLEAN, reason="no wsclean")
+def test_wsclean_grids_at_least_as_exactly_as_tclean(point_ms, tmp_path):
+    """The premise of bench/image.py's like-for-like comparison: at the
+    pipeline's default w-gridder accuracy, WSClean's dirty image is no further
+    from the exact Fourier transform than tclean's (errors in units of the
+    source's exact dirty peak, at the peak and 100 random pixels). Measured
+    here: tclean 3.4e-3 rms, 1.0e-2 at worst; WSClean 6.6e-4 and 4.5e-3 at
+    every accuracy from 1e-5 to 1e-3, so the test's transform and WSClean
+    differ by that much for another reason, and tclean's own error is the
+    larger by a factor of 5 in rms. The test asks for a factor of 2."""
+    setup = imager_setup(read_ms_info(point_ms), ImagingParams(weighting="natural"))
+    images = {"tclean": dirty_tclean(setup, point_ms, tmp_path, NCHAN),
+              "wsclean": dirty_wsclean(setup, point_ms, tmp_path, NCHAN, ImagingParams().wgridder_accuracy)}
+    peak, err = gridding_errors(images, point_ms, setup.datacolumn, NCHAN, npix=100)
+    print("exact peak", peak, "errors", err)
+    assert 0.3 < peak < 1.0  # the 1 Jy source seen through a primary beam of ~0.6
+    assert err["wsclean"]["rms"] <= 0.5 * err["tclean"]["rms"]
+    assert err["wsclean"]["max"] <= err["tclean"]["max"]
 
 
 def test_flagged_fraction_and_image_qa(point_ms, tmp_path):

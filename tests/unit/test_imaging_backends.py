@@ -50,6 +50,16 @@ def test_both_backends_receive_the_same_choices():
     assert tc["datacolumn"] == "corrected" and ws["-data-column"] == ["CORRECTED_DATA"]
     assert tc["gridder"] == "wproject" and tc["wprojplanes"] == -1 and "-use-wgridder" in ws
     assert tc["pbcor"] is False and tc["pblimit"] < 0  # the primary beam is ours
+    assert ws["-wgridder-accuracy"] == ["0.001"]  # ImagingParams' default (bench/gridding_accuracy.py)
+
+
+def test_wgridder_accuracy_reaches_wsclean_and_is_checked():
+    s = ImagerSetup(**{**SETUP.to_dict(), "wgridder_accuracy": 1e-4})
+    assert _options(wsclean_command(s, "wsclean", Path("x.ms"), Path("x"), threads=1))["-wgridder-accuracy"] == ["0.0001"]
+    assert ImagingParams().wgridder_accuracy == 1e-3
+    assert ImagingParams.from_dict({"wgridder_accuracy": "1e-4"}).wgridder_accuracy == 1e-4
+    with pytest.raises(ValueError, match="wgridder_accuracy"):
+        ImagingParams(wgridder_accuracy=0.5)
 
 
 def test_absolute_threshold_and_natural_weighting():

@@ -49,6 +49,7 @@ class ImagerSetup:
     deconvolver: str = "hogbom"
     stokes: str = "I"
     specmode: str = "mfs"
+    wgridder_accuracy: float = 1e-3  # WSClean's w-gridder only (tclean's gridding accuracy is fixed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +98,7 @@ def wsclean_command(setup: ImagerSetup, exe: str, ms: Path, name: Path, threads:
            "-scale", f"{setup.cell_arcsec}asec", "-pol", setup.stokes, "-use-wgridder",
            "-data-column", col, "-niter", str(setup.niter), "-gain", str(setup.gain),
            "-mgain", str(setup.mgain), "-no-update-model-required",
+           "-wgridder-accuracy", f"{setup.wgridder_accuracy:g}",
            "-beam-shape", f"{bmaj}asec", f"{bmin}asec", f"{bpa}deg"]
     if setup.weighting == "briggs":
         cmd += ["-weight", "briggs", str(setup.robust)]

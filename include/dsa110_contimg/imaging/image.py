@@ -155,6 +155,7 @@ def imager_setup(info: MsInfo, params: ImagingParams) -> ImagerSetup:
         restoring_beam=tuple(round(float(x), 3) for x in beam),
         gridder=params.gridder,
         wprojplanes=params.wprojplanes,
+        wgridder_accuracy=params.wgridder_accuracy,
     )
 
 
