@@ -76,7 +76,9 @@ def cmd_image(a, cfg):
 
     params = ImagingParams.from_dict({"backend": a.backend or cfg.imaging_backend,
                                       "niter": a.niter if a.niter is not None else cfg.imaging_niter})
-    return image_ms(Path(a.ms), Path(a.out or cfg.images_dir), params)
+    from .pipeline import imaging_catalog
+
+    return image_ms(Path(a.ms), Path(a.out or cfg.images_dir), params, catalog=imaging_catalog(cfg))
 
 
 def cmd_mosaic(a, cfg):

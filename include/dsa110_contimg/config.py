@@ -51,6 +51,7 @@ class PipelineConfig:
     imaging_cell_arcsec: float | None = None  # None = 1/5 of the predicted beam's minor axis
     imaging_auto_threshold_sigma: float = 3.0  # clean stops at this many sigma of the residual
     imaging_pblimit: float = 0.2  # primary-beam level below which the pb-corrected image is blank
+    imaging_subtract_bright: bool = True  # fit and subtract the reference catalogue's bright sources first
     casa_pool_slots: int = 2  # Airflow pool "casa": heavy tasks (convert, calibration, image, mosaic,
     #                           crossmatch) running at once on the deployment
     crossmatch_radius_arcsec: float = 60.0

@@ -183,9 +183,19 @@ def image_step(cfg: PipelineConfig, reg: Registry, group_id: str, overrides: dic
     row = _converted(reg, group_id)
     params = _imaging_params(cfg, overrides)
     with _failure_recorded(reg, group_id, "image"):
-        res = image_ms(Path(row["ms_path"]), cfg.images_dir / _safe(group_id), params, name=_safe(group_id))
+        res = image_ms(Path(row["ms_path"]), cfg.images_dir / _safe(group_id), params, name=_safe(group_id),
+                       catalog=imaging_catalog(cfg))
     log.info("image: %s rms %.4g Jy peak %.4g Jy", group_id, res.rms_jy, res.peak_jy)
     return jsonable(res)
+
+
+def imaging_catalog(cfg: PipelineConfig) -> Path | None:
+    """The reference catalogue the image stage fits bright sources from (None: there is none)."""
+    path = cfg.reference_catalog
+    if path is None or not Path(path).exists():
+        log.warning("image: no reference catalogue at %s: bright sources are not subtracted", path)
+        return None
+    return Path(path)
 
 
 def _imaging_params(cfg: PipelineConfig, overrides: dict | None = None):
@@ -194,7 +204,7 @@ def _imaging_params(cfg: PipelineConfig, overrides: dict | None = None):
 
     return ImagingParams.from_dict({"backend": cfg.imaging_backend, "niter": cfg.imaging_niter,
                                     "robust": cfg.imaging_robust, "fov_deg": cfg.imaging_fov_deg,
-                                    **(overrides or {})})
+                                    "subtract_bright": cfg.imaging_subtract_bright, **(overrides or {})})
 
 
 def qa_image(cfg: PipelineConfig, image: dict) -> dict:

@@ -188,7 +188,7 @@ def reprocess_group(cfg: PipelineConfig, reg: Registry, group_id: str, version: 
     its fingerprint. Gains are not solved again; the sets in force are applied."""
     from .calibration.stage import apply_step
     from .imaging import image_ms
-    from .pipeline import _failure_recorded, _imaging_params, _safe, convert_step, qa_image
+    from .pipeline import _failure_recorded, _imaging_params, _safe, convert_step, imaging_catalog, qa_image
 
     convert_step(cfg, reg, group_id)
     applied = apply_step(cfg, reg, group_id)
@@ -196,7 +196,8 @@ def reprocess_group(cfg: PipelineConfig, reg: Registry, group_id: str, version: 
     params = _imaging_params(cfg)
     safe = _safe(group_id)
     with _failure_recorded(reg, group_id, "image"):
-        res = image_ms(Path(row["ms_path"]), cfg.images_dir / safe / f"v{version}", params, name=safe)
+        res = image_ms(Path(row["ms_path"]), cfg.images_dir / safe / f"v{version}", params, name=safe,
+                       catalog=imaging_catalog(cfg))
     image = jsonable(res)
     qa = qa_image(cfg, image)
     fp = image_fingerprint(cfg, reg, group_id, calibration=applied["calibration"])

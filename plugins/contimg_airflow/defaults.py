@@ -60,6 +60,10 @@ def imaging_params(cfg: PipelineConfig) -> dict[str, Param]:
                                               description="clean stops at this many sigma of the residual"),
         "imaging_pblimit": Param(cfg.imaging_pblimit, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
                                  description="primary-beam level below which the corrected image is blank"),
+        "imaging_subtract_bright": Param(cfg.imaging_subtract_bright, type="boolean",
+                                         description="fit the reference catalogue's bright sources with the "
+                                                     "drifting primary beam, subtract them before imaging and "
+                                                     "restore them after (no false sources along the arms)"),
     }
 
 

@@ -59,7 +59,8 @@ def _imaging_overrides(cfg) -> dict:
     """The run's imaging choices (the config with the run's imaging_* Params) as ImagingParams fields."""
     return {"backend": cfg.imaging_backend, "niter": cfg.imaging_niter, "robust": cfg.imaging_robust,
             "fov_deg": cfg.imaging_fov_deg, "imsize": cfg.imaging_imsize, "cell_arcsec": cfg.imaging_cell_arcsec,
-            "auto_threshold_sigma": cfg.imaging_auto_threshold_sigma, "pblimit": cfg.imaging_pblimit}
+            "auto_threshold_sigma": cfg.imaging_auto_threshold_sigma, "pblimit": cfg.imaging_pblimit,
+            "subtract_bright": cfg.imaging_subtract_bright}
 
 
 # Lineage (DESIGN.md section 4): one asset per product kind, one event per product made, whose

@@ -213,7 +213,7 @@ def _validated(dag, conf: dict) -> dict:
 GROUP_VALID = {"group_id": "2026-01-15T08:00:00", "imaging_backend": "wsclean", "imaging_niter": 20000,
                "imaging_robust": -0.5, "imaging_fov_deg": 4.0, "imaging_imsize": 1024, "imaging_cell_arcsec": 6.0,
                "imaging_auto_threshold_sigma": 2.5, "imaging_pblimit": 0.1, "calibration_wait_hours": 12,
-               "calibration_flagging": "casa"}
+               "imaging_subtract_bright": False, "calibration_flagging": "casa"}
 
 
 def test_group_params_accept_valid_choices(dagbag):
@@ -222,6 +222,7 @@ def test_group_params_accept_valid_choices(dagbag):
     defaults = _validated(dagbag.dags["group"], {"group_id": "2026-01-15T08:00:00"})
     assert defaults["imaging_imsize"] is None and defaults["imaging_cell_arcsec"] is None  # from fov and beam
     assert defaults["imaging_backend"] == "auto" and defaults["imaging_pblimit"] == 0.2
+    assert defaults["imaging_subtract_bright"] is True
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -234,6 +235,7 @@ def test_group_params_accept_valid_choices(dagbag):
     ("imaging_cell_arcsec", -1.0, "is less than or equal to the minimum of 0"),
     ("imaging_auto_threshold_sigma", 0, "is less than or equal to the minimum of 0"),
     ("imaging_pblimit", 1.0, "is greater than or equal to the maximum of 1"),
+    ("imaging_subtract_bright", "maybe", "is not of type 'boolean'"),
     ("calibration_wait_hours", 100, "is greater than the maximum of 48"),
     ("calibration_flagging", "manual", "is not one of ['auto', 'aoflagger', 'casa', 'none']"),
 ])

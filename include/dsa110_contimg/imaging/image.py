@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from .msinfo import MsInfo, read_ms_info
 from .params import ImagingParams
 from .psf import fit_beam, predict_beam
 from .qa import clipped_rms
+from .subtract import restore_sources
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class ImageResult:
     psf_beam_arcsec: tuple[float, float, float] | None = None
     imaging: dict[str, Any] | None = None  # the ImagerSetup both backends were given
     imager_seconds: float | None = None  # of ``seconds``, the imager's own run (tclean or wsclean)
+    subtracted: list[dict[str, Any]] | None = None  # bright sources fitted, subtracted and restored (subtract.py)
+    subtract_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(self)
@@ -236,8 +239,36 @@ def _remove_stale_work(out_dir: Path, name: str) -> None:
     remove_stale(out_dir, f".{name}.*{_WORK_INFIX}*", _WORK_INFIX, f"image {name}")
 
 
-def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name: str | None = None) -> ImageResult:
+def _subtract(info: MsInfo, setup: ImagerSetup, params: ImagingParams, catalog, work: Path, name: str):
+    """A working copy of the MS with the catalogue's bright sources fitted and subtracted.
+
+    Returns (MsInfo of the copy, SubtractResult), or (info, None) when there is
+    nothing to do. The stage's input MS is never changed."""
+    from ..catalog import read_catalog
+    from .subtract import subtract_bright_sources
+
+    if not params.subtract_bright or catalog is None:
+        return info, None
+    rows = read_catalog(catalog) if isinstance(catalog, (str, Path)) else list(catalog)
+    copy = work / f"{name}.subtracted.ms"
+    shutil.copytree(info.path, copy)
+    column = "CORRECTED_DATA" if setup.datacolumn == "corrected" else "DATA"
+    half = setup.imsize * setup.cell_arcsec / 3600.0 / 2.0
+    res = subtract_bright_sources(copy, column, rows, info, half, params)
+    if not res.fitted and not res.n_fixed:
+        shutil.rmtree(copy, ignore_errors=True)
+        return info, res
+    return replace(info, path=copy), res
+
+
+def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name: str | None = None,
+             catalog: Path | str | list | None = None) -> ImageResult:
     """Image one MeasurementSet (Stokes I MFS) and primary-beam correct it.
+
+    With a reference ``catalog`` (a path or CatalogSource rows) and
+    ``params.subtract_bright``, its bright sources are first fitted and
+    subtracted with the drift beam (subtract.py), the rest imaged, and the
+    fitted sources restored into the image.
 
     Raises ImagingError (naming the MS) when the MS is missing or empty,
     every cross-correlation is flagged, the imager fails (the reason carries
@@ -262,8 +293,9 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
     work.mkdir(parents=True)
     logfile = work / f"{name}.{backend}.log"
     try:
+        img_info, sub = _subtract(info, setup, params, catalog, work, name)
         t_img = time.monotonic()
-        data, hdr_in, wcs, psf_fits = _run_imager(backend, setup, info, work, name, logfile, params)
+        data, hdr_in, wcs, psf_fits = _run_imager(backend, setup, img_info, work, name, logfile, params)
         t_img = time.monotonic() - t_img
         psf_beam = _psf_beam(psf_fits, setup.cell_arcsec, setup.restoring_beam)
         celestial = celestial_header(hdr_in)
@@ -277,6 +309,9 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
         t_pb = time.monotonic()
         pb = drift_beam_for_ms(info, wcs, data.shape, nfreq=params.beam_nfreq)
         t_pb = time.monotonic() - t_pb
+        if sub is not None and sub.fitted:
+            n_back = restore_sources(data, wcs, (bm[0] * 3600.0, bm[1] * 3600.0, bm[2]), pb, sub.fitted, freq)
+            log.info("image %s: %d of %d fitted sources restored on the image", name, n_back, len(sub.fitted))
         with np.errstate(invalid="ignore", divide="ignore"):
             pbcor = np.where(pb >= params.pblimit, data / pb, np.nan)
 
@@ -321,4 +356,6 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
         bandwidth_hz=info.bandwidth_hz,
         psf_beam_arcsec=psf_beam,
         imaging=setup.to_dict(),
+        subtracted=sub.summary() if sub is not None else None,
+        subtract_seconds=sub.seconds if sub is not None else None,
     )

@@ -63,6 +63,22 @@ class ImagingParams:
         by 2e-3 (2.9 % at worst, towards the edges). 1e-3 costs nothing
         measurable and leaves WSClean ~100x more accurate than tclean; 1e-2
         would put gridding errors above the noise next to an 8 Jy source.
+    subtract_bright: before imaging, fit and subtract the reference
+        catalogue's bright sources with the drift beam per integration and
+        channel, then restore them at their fitted positions and fluxes
+        (``subtract.py`` says why: one PSF cannot describe a source drifting
+        through the primary beam, and CLEAN turns the mismatch into false
+        sources along the array's arms). Needs a reference catalogue;
+        without one the image is made without it.
+    subtract_min_apparent_jy: sources of at least this mean apparent flux
+        are fitted (flux, position; spectral index from 0.1 Jy) and
+        subtracted. Below it their arm artifacts (~0.7 % of the apparent
+        flux) stay under the thermal noise of a full group (~0.27 mJy).
+    subtract_edge_min_apparent_jy: sources outside the image (which CLEAN
+        cannot model) are subtracted from this apparent flux, with their
+        catalogue flux and position when below the fitting threshold.
+    subtract_radius_deg: catalogue sources farther from the phase centre
+        are ignored (the Airy sidelobes there are below 0.3 %).
     """
 
     backend: str = "auto"
@@ -84,6 +100,10 @@ class ImagingParams:
     datacolumn: str = "auto"
     threads: int | None = None
     wgridder_accuracy: float = 1e-3
+    subtract_bright: bool = True
+    subtract_min_apparent_jy: float = 0.02
+    subtract_edge_min_apparent_jy: float = 0.002
+    subtract_radius_deg: float = 6.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -104,6 +124,8 @@ class ImagingParams:
             raise ValueError("niter must be >= 0; fov_deg, pixels_per_beam, beam_nfreq positive")
         if not 0.0 < self.wgridder_accuracy < 0.1:
             raise ValueError("wgridder_accuracy must be in (0, 0.1)")
+        if self.subtract_min_apparent_jy <= 0 or self.subtract_edge_min_apparent_jy <= 0 or self.subtract_radius_deg <= 0:
+            raise ValueError("subtract_min_apparent_jy, subtract_edge_min_apparent_jy, subtract_radius_deg must be positive")
 
     def resolved_backend(self) -> str:
         """The backend actually used: 'auto' picks wsclean when it is on PATH."""
@@ -128,7 +150,9 @@ class ImagingParams:
             default = names[key].default
             if value is None and default is not None:
                 continue  # None from a form field = keep the default
-            if value is not None and isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(default, bool) and isinstance(value, str):
+                value = value.strip().lower() in ("1", "true", "yes", "on")
+            elif value is not None and isinstance(default, (int, float)) and not isinstance(default, bool):
                 value = type(default)(value)
             elif value is not None and key in ("imsize", "threads"):
                 value = int(value)

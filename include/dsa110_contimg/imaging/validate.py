@@ -161,7 +161,7 @@ def simulate_and_image(work_dir: Path, preset: str = "full", seed: int = 1,
     for k in range(2):
         ms = Path(convert_group(sim.files[k * n:(k + 1) * n], work_dir / "field" / "ms").ms_path)
         apply_calibration(ms, solve.tables)
-        images.append(image_ms(ms, work_dir / "images", params))
+        images.append(image_ms(ms, work_dir / "images", params, catalog=sim.catalog_path))
     truth = sim.sky_path
     return {"images": images, "truth": truth, "pblimit": params.pblimit, "solve_qa": solve.qa_status}
 
