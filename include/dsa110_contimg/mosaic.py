@@ -2,8 +2,8 @@
 
 Each input i is a pb-corrected image I_i = F_i / PB_i of a flat image F_i
 whose noise is sigma_i (ImageResult.rms_jy), so the noise of I_i at a pixel
-is s_i = sigma_i / PB_i. Every input is reprojected (bilinear) onto one
-celestial WCS covering all of them; at each output pixel the inputs that are
+is s_i = sigma_i / PB_i. Every input is reprojected (bicubic: see
+``_reproject_piece``) onto one celestial WCS covering all of them; at each output pixel the inputs that are
 valid there (finite pbcor, PB > 0) are combined by one of three methods:
 
 weighted (default)
@@ -86,6 +86,13 @@ BEAM_ELONGATION = 1.2
 # Working memory per row strip (bytes): bounds the stage whatever the window.
 STRIP_BUDGET_BYTES = 256 * 2**20
 PREVIEW_MAX_PIXELS = 2048  # long side of the preview array (block-averaged)
+# Resampling (see _reproject_piece): a cubic spline; the input rows read on either
+# side of those an output strip maps to (the spline's prefilter couples pixels
+# with weights falling as 0.27^n, so 16 rows make the crop invisible, ~1e-9);
+# how far below 1 the resampled validity mask may be.
+INTERP_ORDER = "bicubic"
+INTERP_MARGIN_ROWS = 16
+VALID_MASK_TOLERANCE = 1e-3
 
 # n x Var(median of n iid unit Gaussians) (numpy's median: the mean of the two
 # middle values for even n), by numerical integration of the order-statistic
@@ -316,7 +323,8 @@ def _input_rows(inp: _Input, wcs_out: WCS, y0: int, y1: int, x0: int, x1: int) -
     _, iy = _map_pixels(*_edge_pixels(y0, y1, x0, x1), wcs_out, inp.wcs)
     if not np.isfinite(iy).all():
         return 0, inp.shape[0]
-    return max(0, int(np.floor(iy.min())) - 2), min(inp.shape[0], int(np.ceil(iy.max())) + 3)
+    m = INTERP_MARGIN_ROWS
+    return max(0, int(np.floor(iy.min())) - m), min(inp.shape[0], int(np.ceil(iy.max())) + m + 1)
 
 
 def _read_rows(path: Path, r0: int, r1: int) -> np.ndarray:
@@ -333,7 +341,17 @@ def _read_rows(path: Path, r0: int, r1: int) -> np.ndarray:
 
 def _reproject_piece(inp: _Input, wcs_out: WCS, y0: int, y1: int, x0: int, x1: int
                      ) -> tuple[np.ndarray, np.ndarray] | None:
-    """pbcor and PB of one input on output rows y0:y1, columns x0:x1 (bilinear).
+    """pbcor and PB of one input on output rows y0:y1, columns x0:x1 (bicubic).
+
+    Why bicubic: a restored image has ~5 pixels across the beam, and linear
+    interpolation between pixel centres flattens a point source's peak (by
+    up to ~3 % per axis at half a pixel). On the imaging proof's mosaic
+    (``dsa110 validate imaging``) bilinear resampling read the bright
+    sources' fitted peaks 3.8 % low (median ratio 0.962); bicubic reads
+    0.996. A cubic spline spreads NaN over the whole piece, so the NaN
+    border beyond pblimit is filled with 0 and a validity mask resampled
+    alongside: an output pixel counts only where that mask is ~1, i.e. no
+    NaN input pixel contributes to it (a few pixels are lost at the edge).
 
     roundtrip_coords is off: it doubles the WCS work and only guards against
     all-sky projections folding over, which a few-degree field cannot do."""
@@ -342,10 +360,13 @@ def _reproject_piece(inp: _Input, wcs_out: WCS, y0: int, y1: int, x0: int, x1: i
     r0, r1 = _input_rows(inp, wcs_out, y0, y1, x0, x1)
     if r0 >= r1:
         return None
-    stack = np.stack([_read_rows(inp.path, r0, r1), _read_rows(inp.pb_path, r0, r1)])
-    out = reproject_interp((stack, inp.wcs[r0:r1, :]), wcs_out[y0:y1, x0:x1], shape_out=(2, y1 - y0, x1 - x0),
-                           order="bilinear", return_footprint=False, roundtrip_coords=False)
-    return out[0], out[1]
+    img, pb = _read_rows(inp.path, r0, r1), _read_rows(inp.pb_path, r0, r1)
+    ok = np.isfinite(img) & np.isfinite(pb)
+    stack = np.stack([np.where(ok, img, 0.0), np.where(ok, pb, 0.0), ok.astype(float)])
+    out = reproject_interp((stack, inp.wcs[r0:r1, :]), wcs_out[y0:y1, x0:x1], shape_out=(3, y1 - y0, x1 - x0),
+                           order=INTERP_ORDER, return_footprint=False, roundtrip_coords=False)
+    valid = out[2] > 1.0 - VALID_MASK_TOLERANCE
+    return np.where(valid, out[0], np.nan), np.where(valid, out[1], np.nan)
 
 
 # -- combining ----------------------------------------------------------------------

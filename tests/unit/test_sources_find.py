@@ -186,3 +186,27 @@ def test_faint_sources_under_an_elongated_beam_are_kept(tmp_path):
     res = crossmatch(find_sources(path), srcs, 30.0)
     assert res.n_matched >= 48 and res.false_fraction == 0.0
     assert len(find_sources(path, flag_maxsize_fwhm=0.5)) <= 40
+
+
+def test_island_components_below_the_threshold_are_dropped(tmp_path, monkeypatch):
+    """A 500-sigma source with four 3.5-sigma sources 2 beams from it, inside its
+    3-sigma island. PyBDSF's 5-sigma threshold applies to the island's peak only,
+    and on this noise (seed 0) it fits two of the faint bumps as Gaussians of
+    their own, too far from the bright one to be grouped with it: without
+    ``above_threshold`` they are reported as sources at S/N ~4 and ~5-."""
+    from dsa110_contimg.sources import find as find_mod
+    from dsa110_contimg.sources.synthetic import make_wcs
+
+    spec = ImageSpec(npix=256, cell_arcsec=6.0, beam_arcsec=(30.0, 30.0, 0.0), rms_jy=1e-3)
+    ra0, dec0 = (float(v) for v in make_wcs(spec).pixel_to_world_values(128, 128))
+    c = math.cos(math.radians(dec0))
+    srcs = [TrueSource("A", ra0, dec0, 0.5)] + [
+        TrueSource(f"B{k}", ra0 + dx / 3600 / c, dec0 + dy / 3600, 0.0035)
+        for k, (dx, dy) in enumerate([(60, 0), (-60, 0), (0, 60), (0, -60)])]
+    path = synthetic_image(tmp_path / "island.fits", srcs, spec, seed=0)
+    det = detect(path, FindParams())
+    assert len(det.sources) == 1 and det.sources[0].snr > 400
+    monkeypatch.setattr(find_mod, "above_threshold", lambda rows, snr: (rows, 0))
+    unfiltered = detect(path, FindParams())
+    faint = [s for s in unfiltered.sources if s.snr < 5.0]
+    assert len(faint) >= 1 and len(unfiltered.sources) == 1 + len(faint)
