@@ -300,7 +300,8 @@ def crossmatch_step(cfg: PipelineConfig, reg: Registry, mosaic: dict) -> dict:
     # PyBDSF sizes its rms box to the image (a fixed 96-pixel box left boxes with no valid pixel on the
     # demo's mosaic edges, and bdsf then divides by zero); its rms map still follows the noise's rise.
     params = CrossmatchParams(snr=cfg.detection_snr, radius_arcsec=cfg.crossmatch_radius_arcsec)
-    det = detect(fits, params.find_params())
+    noise = mosaic.get("noise_fits")  # the mosaic's expected noise: a floor under PyBDSF's rms (find.detect)
+    det = detect(fits, params.find_params(), noise_floor=Path(noise) if noise else None)
     ref = read_catalog(cfg.reference_catalog)
     out_csv = fits.with_name(fits.name.replace(".mosaic.fits", ".sources.csv"))
     res = crossmatch_image(fits, ref, params, out_csv=out_csv, detection=det)

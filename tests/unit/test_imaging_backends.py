@@ -50,14 +50,18 @@ def test_both_backends_receive_the_same_choices():
     assert tc["datacolumn"] == "corrected" and ws["-data-column"] == ["CORRECTED_DATA"]
     assert tc["gridder"] == "wproject" and tc["wprojplanes"] == -1 and "-use-wgridder" in ws
     assert tc["pbcor"] is False and tc["pblimit"] < 0  # the primary beam is ours
-    assert ws["-wgridder-accuracy"] == ["0.001"]  # ImagingParams' default (bench/gridding_accuracy.py)
+    assert ws["-wgridder-accuracy"] == ["0.001"]  # ImagingParams' default for a whole field (bench/gridding_accuracy.py)
 
 
 def test_wgridder_accuracy_reaches_wsclean_and_is_checked():
     s = ImagerSetup(**{**SETUP.to_dict(), "wgridder_accuracy": 1e-4})
     assert _options(wsclean_command(s, "wsclean", Path("x.ms"), Path("x"), threads=1))["-wgridder-accuracy"] == ["0.0001"]
-    assert ImagingParams().wgridder_accuracy == 1e-3
-    assert ImagingParams.from_dict({"wgridder_accuracy": "1e-4"}).wgridder_accuracy == 1e-4
+    # automatic: 1e-3 for a whole field, 1e-2 once the bright sources are subtracted (ImagingParams)
+    assert ImagingParams().wgridder_accuracy is None
+    assert ImagingParams().resolved_accuracy(bright_subtracted=False) == 1e-3
+    assert ImagingParams().resolved_accuracy(bright_subtracted=True) == 1e-2
+    given = ImagingParams.from_dict({"wgridder_accuracy": "1e-4"})
+    assert given.wgridder_accuracy == 1e-4 and given.resolved_accuracy(bright_subtracted=True) == 1e-4
     with pytest.raises(ValueError, match="wgridder_accuracy"):
         ImagingParams(wgridder_accuracy=0.5)
 

@@ -210,3 +210,48 @@ def test_island_components_below_the_threshold_are_dropped(tmp_path, monkeypatch
     unfiltered = detect(path, FindParams())
     faint = [s for s in unfiltered.sources if s.snr < 5.0]
     assert len(faint) >= 1 and len(unfiltered.sources) == 1 + len(faint)
+
+
+def _edge_noise(spec):
+    """1/PB of a primary beam falling from 1 to 0.2 over the top 150 rows (a pb-corrected image's edge)."""
+    def scale(x, y):
+        return 1.0 / np.clip(1.0 - 0.8 * np.clip((y - 250) / 150.0, 0, 1) ** 2, 0.2, 1)
+    return scale
+
+
+def test_noise_floor_stops_false_sources_where_the_noise_rises_steeply(tmp_path):
+    """Pure noise rising 5x over the top 150 rows, as a pb-corrected image's towards
+    its edge: PyBDSF's box rms reads ~10% low in the top rows, and on these two
+    noise draws it reports a '5-sigma source' there. With the known noise as a
+    floor (find.detect's noise_floor) nothing is found, and the noise map is the floor."""
+    spec = ImageSpec(npix=400, cell_arcsec=6.0, beam_arcsec=(36.0, 30.0, 50.0), rms_jy=3e-4)
+    scale = _edge_noise(spec)
+    yy, xx = np.mgrid[0:spec.npix, 0:spec.npix]
+    expected = spec.rms_jy * scale(xx, yy)
+    for seed in (3, 7):
+        path = synthetic_image(tmp_path / f"edge{seed}.fits", [], spec, seed=seed, noise_scale=scale)
+        bare = detect(path, FindParams())
+        assert len(bare.sources) >= 1 and all(s.y_pix > 380 for s in bare.sources)
+        floored = detect(path, FindParams(), noise_floor=expected)
+        assert floored.sources == ()
+        assert np.all(floored.noise.rms >= expected * (1 - 1e-9))
+
+
+def test_noise_floor_sets_the_threshold_and_errors(tmp_path):
+    """A 12 mJy source on 1 mJy noise is under 5 sigma if the noise is known to be
+    3 mJy, and is dropped; with a 1.5 mJy floor it is kept, with its S/N and
+    errors from the floor.
+    The floor can be a FITS file; one of another shape is refused, naming the image."""
+    spec = ImageSpec(npix=256, cell_arcsec=6.0, beam_arcsec=(30.0, 30.0, 0.0), rms_jy=1e-3)
+    path = synthetic_image(tmp_path / "one.fits", [TrueSource("S", *_sky(spec, 128, 128), 0.012)], spec, seed=2)
+    bare = detect(path, FindParams())
+    assert len(bare.sources) == 1 and bare.sources[0].snr > 6
+    floor = tmp_path / "floor.fits"
+    fits.writeto(floor, np.full((spec.npix, spec.npix), 3e-3, dtype=np.float32))
+    assert detect(path, FindParams(), noise_floor=floor).sources == ()
+    low = detect(path, FindParams(), noise_floor=np.full((spec.npix, spec.npix), 1.5e-3)).sources
+    assert len(low) == 1 and low[0].rms_jy == pytest.approx(1.5e-3)
+    assert low[0].snr == pytest.approx(low[0].peak_jy / 1.5e-3) and low[0].snr < bare.sources[0].snr
+    assert low[0].peak_err_jy > bare.sources[0].peak_err_jy
+    with pytest.raises(SourceFindingError, match="one.fits.*noise map shape"):
+        detect(path, FindParams(), noise_floor=np.ones((10, 10)))

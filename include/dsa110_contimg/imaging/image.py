@@ -158,7 +158,7 @@ def imager_setup(info: MsInfo, params: ImagingParams) -> ImagerSetup:
         restoring_beam=tuple(round(float(x), 3) for x in beam),
         gridder=params.gridder,
         wprojplanes=params.wprojplanes,
-        wgridder_accuracy=params.wgridder_accuracy,
+        wgridder_accuracy=params.resolved_accuracy(bright_subtracted=False),
     )
 
 
@@ -239,36 +239,55 @@ def _remove_stale_work(out_dir: Path, name: str) -> None:
     remove_stale(out_dir, f".{name}.*{_WORK_INFIX}*", _WORK_INFIX, f"image {name}")
 
 
-def _subtract(info: MsInfo, setup: ImagerSetup, params: ImagingParams, catalog, work: Path, name: str):
-    """A working copy of the MS with the catalogue's bright sources fitted and subtracted.
+def subtract_copy(info: MsInfo, setup: ImagerSetup, params: ImagingParams, catalog, copy: Path):
+    """Copy ``info.path`` to ``copy`` and fit and subtract the catalogue's bright sources there.
 
-    Returns (MsInfo of the copy, SubtractResult), or (info, None) when there is
-    nothing to do. The stage's input MS is never changed."""
+    Returns the SubtractResult, or None when there is nothing to do (no
+    catalogue, or ``params.subtract_bright`` off); the copy is removed again
+    when no source qualified. The input MS is never changed."""
     from ..catalog import read_catalog
     from .subtract import subtract_bright_sources
 
     if not params.subtract_bright or catalog is None:
-        return info, None
+        return None
     rows = read_catalog(catalog) if isinstance(catalog, (str, Path)) else list(catalog)
-    copy = work / f"{name}.subtracted.ms"
     shutil.copytree(info.path, copy)
     column = "CORRECTED_DATA" if setup.datacolumn == "corrected" else "DATA"
     half = setup.imsize * setup.cell_arcsec / 3600.0 / 2.0
     res = subtract_bright_sources(copy, column, rows, info, half, params)
     if not res.fitted and not res.n_fixed:
         shutil.rmtree(copy, ignore_errors=True)
+    return res
+
+
+def subtract_for_imaging(ms: Path, copy: Path, params: ImagingParams, catalog):
+    """The image stage's bright-source subtraction alone, into ``copy``: for a
+    caller that images one subtracted MS several times (``bench/image.py``
+    gives both imagers the same one), passing the result to ``image_ms``."""
+    info = read_ms_info(Path(ms).resolve())
+    return subtract_copy(info, imager_setup(info, params), params, catalog, Path(copy))
+
+
+def _subtract(info: MsInfo, setup: ImagerSetup, params: ImagingParams, catalog, work: Path, name: str):
+    """(MsInfo of what to image, SubtractResult or None): a working copy with the
+    catalogue's bright sources subtracted, or the input itself."""
+    res = subtract_copy(info, setup, params, catalog, work / f"{name}.subtracted.ms")
+    if res is None or (not res.fitted and not res.n_fixed):
         return info, res
-    return replace(info, path=copy), res
+    return replace(info, path=work / f"{name}.subtracted.ms"), res
 
 
 def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name: str | None = None,
-             catalog: Path | str | list | None = None) -> ImageResult:
+             catalog: Path | str | list | None = None, subtracted=None) -> ImageResult:
     """Image one MeasurementSet (Stokes I MFS) and primary-beam correct it.
 
     With a reference ``catalog`` (a path or CatalogSource rows) and
     ``params.subtract_bright``, its bright sources are first fitted and
     subtracted with the drift beam (subtract.py), the rest imaged, and the
-    fitted sources restored into the image.
+    fitted sources restored into the image. ``subtracted`` is the
+    SubtractResult of a subtraction already made into ``ms``
+    (``subtract_for_imaging``): it is not repeated, and its sources are
+    restored. WSClean's gridding accuracy follows (ImagingParams.resolved_accuracy).
 
     Raises ImagingError (naming the MS) when the MS is missing or empty,
     every cross-correlation is flagged, the imager fails (the reason carries
@@ -293,7 +312,11 @@ def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name:
     work.mkdir(parents=True)
     logfile = work / f"{name}.{backend}.log"
     try:
-        img_info, sub = _subtract(info, setup, params, catalog, work, name)
+        if subtracted is not None:
+            img_info, sub = info, subtracted
+        else:
+            img_info, sub = _subtract(info, setup, params, catalog, work, name)
+        setup = replace(setup, wgridder_accuracy=params.resolved_accuracy(bright_subtracted=sub is not None))
         t_img = time.monotonic()
         data, hdr_in, wcs, psf_fits = _run_imager(backend, setup, img_info, work, name, logfile, params)
         t_img = time.monotonic() - t_img

@@ -55,15 +55,17 @@ LIMITS = {"median_flux_ratio_error": 0.03, "max_flux_err_pct": 5.0, "max_offset_
           "completeness_10sigma": 0.95, "false_fraction": 0.01}
 
 
-def score(fits_path: Path, truth: Sequence[Any], *, keep=None, radius_arcsec: float | None = None) -> dict[str, Any]:
+def score(fits_path: Path, truth: Sequence[Any], *, keep=None, radius_arcsec: float | None = None,
+          noise_floor: Path | np.ndarray | None = None) -> dict[str, Any]:
     """Detect sources in ``fits_path`` and score them against ``truth`` (CatalogSource rows).
 
     ``keep(ra, dec) -> bool`` restricts both the truth and the detections to a
     region (the mosaic's overlap). The match radius defaults to the beam's
-    major axis."""
+    major axis. ``noise_floor`` is the product's expected noise (find.detect),
+    as the pipeline gives it: a mosaic's noise map, an image's ``expected_noise``."""
     from ..crossmatch import CrossmatchParams, crossmatch, detect, in_footprint
 
-    det = detect(Path(fits_path), CrossmatchParams().find_params())
+    det = detect(Path(fits_path), CrossmatchParams().find_params(), noise_floor=noise_floor)
     bmaj, bmin, bpa = det.beam_arcsec
     radius = radius_arcsec or bmaj
     refs = in_footprint(list(truth), det.noise.wcs, det.noise.rms.shape)
@@ -120,6 +122,15 @@ def passes(m: dict[str, Any]) -> bool:
         m["false_fraction"] is not None and m["false_fraction"] < LIMITS["false_fraction"],
     ]
     return bool(all(checks))
+
+
+def expected_noise(pb_fits: Path, rms_jy: float, pblimit: float) -> np.ndarray:
+    """A pb-corrected image's expected noise per pixel: the flat image's rms / PB (NaN below pblimit)."""
+    from .fitsutil import read_image_2d
+
+    pb, _, _ = read_image_2d(Path(pb_fits))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pb >= pblimit, float(rms_jy) / pb, np.nan)
 
 
 def _overlap(pb_fits: Sequence[Path], pblimit: float):
@@ -183,10 +194,12 @@ def validate_imaging(work_dir: Path, preset: str = "full", seed: int = 1,
     made = simulate_and_image(work_dir, preset, seed, params)
     truth = read_catalog(made["truth"])
     images = made["images"]
-    per = {f"image{k + 1}": score(Path(img.pbcor_fits), truth) for k, img in enumerate(images)}
+    per = {f"image{k + 1}": score(Path(img.pbcor_fits), truth,
+                                  noise_floor=expected_noise(Path(img.pb_fits), img.rms_jy, made["pblimit"]))
+           for k, img in enumerate(images)}
     mos = mosaic_images([Path(i.pbcor_fits) for i in images], [Path(i.pb_fits) for i in images],
                         [float(i.rms_jy) for i in images], work_dir / "images" / "validate.mosaic.fits")
-    per["mosaic"] = score(Path(mos.mosaic_fits), truth,
+    per["mosaic"] = score(Path(mos.mosaic_fits), truth, noise_floor=Path(mos.noise_fits),
                           keep=_overlap([Path(i.pb_fits) for i in images], made["pblimit"]))
     worst = _worst(per.values())
     return {**worst, "preset": preset, "imaging": dict(imaging or {}), "products": per,
