@@ -344,3 +344,28 @@ def test_bright_source_fitted_subtracted_and_restored(point_ms, images, tmp_path
     without = images[backend]
     print(f"rms with subtraction {res.rms_jy:.3g}, without {without.rms_jy:.3g}; {res.subtract_seconds:.1f} s")
     assert res.rms_jy < 0.5 * without.rms_jy  # the drift's mismatch is gone with the source
+
+
+def test_subtraction_made_beforehand_gives_the_same_image(point_ms, tmp_path):
+    """bench/image.py subtracts once and gives both imagers that MS: image_ms with the
+    ready SubtractResult must make the image the stage makes on its own, with the
+    fitted source restored, and both record WSClean's accuracy for a subtracted
+    field (1e-2); without a catalogue the stage grids at 1e-3."""
+    from dsa110_contimg.catalog import CatalogSource
+    from dsa110_contimg.imaging.image import subtract_for_imaging
+
+    ra, dec = source_position()
+    cat = [CatalogSource(name="src", ra_deg=ra, dec_deg=dec, flux_jy=0.9)]
+    backend = "wsclean" if HAVE_WSCLEAN else "tclean"
+    params = ImagingParams(backend=backend, niter=NITER)
+    own = image_ms(point_ms, tmp_path / "own", params, catalog=cat)
+    sub = subtract_for_imaging(point_ms, tmp_path / "sub.ms", params, cat)
+    assert sub is not None and [f.source.name for f in sub.fitted] == ["src"]
+    ready = image_ms(tmp_path / "sub.ms", tmp_path / "ready", params, subtracted=sub)
+    assert ready.subtracted == own.subtracted
+    assert own.imaging["wgridder_accuracy"] == ready.imaging["wgridder_accuracy"] == 1e-2
+    a, b = (np.squeeze(fits.getdata(r.image_fits)) for r in (own, ready))
+    assert float(np.nanmax(np.abs(a - b))) <= 1e-3 * float(np.nanmax(a))
+    assert float(np.nanmax(b)) > 0.3  # the restored source (1 Jy through a primary beam of ~0.6)
+    bare = image_ms(point_ms, tmp_path / "bare", params)
+    assert bare.subtracted is None and bare.imaging["wgridder_accuracy"] == 1e-3
