@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from .params import ImagingParams
 from .psf import fit_beam, predict_beam
 from .qa import clipped_rms
 from .subtract import restore_sources
+
+if TYPE_CHECKING:
+    from .subtract import SubtractResult
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +242,8 @@ def _remove_stale_work(out_dir: Path, name: str) -> None:
     remove_stale(out_dir, f".{name}.*{_WORK_INFIX}*", _WORK_INFIX, f"image {name}")
 
 
-def subtract_copy(info: MsInfo, setup: ImagerSetup, params: ImagingParams, catalog, copy: Path):
+def subtract_copy(info: MsInfo, setup: ImagerSetup, params: ImagingParams, catalog,
+                  copy: Path) -> SubtractResult | None:
     """Copy ``info.path`` to ``copy`` and fit and subtract the catalogue's bright sources there.
 
     Returns the SubtractResult, or None when there is nothing to do (no
@@ -260,7 +264,7 @@ def subtract_copy(info: MsInfo, setup: ImagerSetup, params: ImagingParams, catal
     return res
 
 
-def subtract_for_imaging(ms: Path, copy: Path, params: ImagingParams, catalog):
+def subtract_for_imaging(ms: Path, copy: Path, params: ImagingParams, catalog) -> SubtractResult | None:
     """The image stage's bright-source subtraction alone, into ``copy``: for a
     caller that images one subtracted MS several times (``bench/image.py``
     gives both imagers the same one), passing the result to ``image_ms``."""
@@ -271,14 +275,15 @@ def subtract_for_imaging(ms: Path, copy: Path, params: ImagingParams, catalog):
 def _subtract(info: MsInfo, setup: ImagerSetup, params: ImagingParams, catalog, work: Path, name: str):
     """(MsInfo of what to image, SubtractResult or None): a working copy with the
     catalogue's bright sources subtracted, or the input itself."""
-    res = subtract_copy(info, setup, params, catalog, work / f"{name}.subtracted.ms")
+    copy = work / f"{name}.subtracted.ms"
+    res = subtract_copy(info, setup, params, catalog, copy)
     if res is None or (not res.fitted and not res.n_fixed):
         return info, res
-    return replace(info, path=work / f"{name}.subtracted.ms"), res
+    return replace(info, path=copy), res
 
 
 def image_ms(ms: Path, out_dir: Path, params: ImagingParams | None = None, name: str | None = None,
-             catalog: Path | str | list | None = None, subtracted=None) -> ImageResult:
+             catalog: Path | str | list | None = None, subtracted: SubtractResult | None = None) -> ImageResult:
     """Image one MeasurementSet (Stokes I MFS) and primary-beam correct it.
 
     With a reference ``catalog`` (a path or CatalogSource rows) and
