@@ -3,8 +3,9 @@
 Each input i is a pb-corrected image I_i = F_i / PB_i of a flat image F_i
 whose noise is sigma_i (ImageResult.rms_jy), so the noise of I_i at a pixel
 is s_i = sigma_i / PB_i. Every input is reprojected (bicubic: see
-``_reproject_piece``) onto one celestial WCS covering all of them; at each output pixel the inputs that are
-valid there (finite pbcor, PB > 0) are combined by one of three methods:
+``_reproject_piece``) onto one celestial WCS covering all of them; at each
+output pixel the inputs that are valid there (finite pbcor, PB > 0) are
+combined by one of three methods:
 
 weighted (default)
     M = sum w_i I_i / sum w_i with w_i = PB_i^2 / sigma_i^2 = 1 / s_i^2, the
